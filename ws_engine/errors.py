@@ -1,0 +1,68 @@
+"""The typed errors users see.
+
+Every error a user can cause is a :class:`WorldStereoError` whose message says what was wrong and
+how to fix it. They also derive from the matching built-in (``ValueError``, ``KeyError``...) so
+ordinary ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WorldStereoError",
+    "InvalidCameraError",
+    "ShapeMismatchError",
+    "InvalidDepthError",
+    "EmptyPointCloudError",
+    "EmptyMemoryError",
+    "UnknownNameError",
+    "TrajectoryFormatError",
+    "ConfigError",
+]
+
+
+class WorldStereoError(Exception):
+    """Base of every error raised on purpose by ws_engine."""
+
+
+class InvalidCameraError(WorldStereoError, ValueError):
+    """Camera intrinsics or poses that cannot describe a camera (non-finite, bad rotation, f <= 0)."""
+
+
+class ShapeMismatchError(WorldStereoError, ValueError):
+    """Tensors whose shapes or batch sizes do not fit together."""
+
+
+class InvalidDepthError(WorldStereoError, ValueError):
+    """A depth map of the wrong shape or without a single valid pixel."""
+
+
+class EmptyPointCloudError(WorldStereoError, ValueError):
+    """A point cloud with no points where at least one is needed."""
+
+
+class EmptyMemoryError(WorldStereoError, RuntimeError):
+    """A memory asked to render, query or attend before anything was put in it."""
+
+
+class UnknownNameError(WorldStereoError, ValueError):
+    """An unknown preset, format, strategy or option name."""
+
+    def __init__(self, kind: str, name: object, choices) -> None:
+        choices = sorted(choices)
+        super().__init__(f"Unknown {kind} {name!r}. Choose one of: {', '.join(map(str, choices))}.")
+        self.kind, self.name, self.choices = kind, name, choices
+
+
+class TrajectoryFormatError(WorldStereoError, ValueError):
+    """A trajectory file that is truncated, not JSON, or inconsistent."""
+
+
+class ConfigError(WorldStereoError, ValueError):
+    """A constructor or function argument outside its allowed range."""
+
+
+def check_choice(kind: str, value: str, choices) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise :class:`UnknownNameError`."""
+    if value not in choices:
+        raise UnknownNameError(kind, value, choices)
+    return value
