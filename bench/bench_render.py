@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from ws_engine.cameras import CameraParameters, CameraTrajectory
-from ws_engine.geometry import project, render_points, splat_offsets
+from ws_engine.cameras import CameraTrajectory
+from ws_engine.geometry import project, render_points, splat_offsets, unproject
 
 
 def naive_splat(points, colors, cam, radius):
@@ -35,8 +35,9 @@ def naive_splat(points, colors, cam, radius):
     return rgb[:-1].view(H, W, -1), zbuf[:-1].view(H, W)
 
 
-def timeit(fn, repeats):
-    fn()
+def timeit(fn, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -47,32 +48,40 @@ def timeit(fn, repeats):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--points", type=int, default=1_000_000)
+    ap.add_argument("--points", type=int, default=1_000_000, help="at most 4 x size^2")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
-    # a scene seen by the camera: points on a wavy surface 2-6 units away, most of them in view
     n, s = args.points, args.size
-    uvz = torch.rand(n, 3, generator=g)
-    cam = CameraParameters.from_fov(60.0, s, s)
-    z = 2 + 4 * uvz[:, 2]
-    x = (uvz[:, 0] * 1.2 - 0.6) * z * 1.1
-    y = (uvz[:, 1] * 1.2 - 0.6) * z * 1.1
-    pts = torch.stack([x, y, z], 1)
-    cols = torch.rand(n, 3, generator=g)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {n:,} points, {s}x{s}")
+    # A memory as the engine grows it: depth maps of a wavy surface unprojected from 4 views along an
+    # orbit, in scanline order (so winning points are coherent in memory), rendered from a new view.
+    views = CameraTrajectory.orbit_left(30, 4, width=s, height=s, pivot_depth=4.0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, s), torch.linspace(0, 1, s), indexing="ij")
+    depth = 3.5 + 0.5 * torch.sin(9 * xx) * torch.cos(7 * yy)
+    pts = unproject(depth.expand(4, s, s), views).reshape(-1, 3)[:n]
+    cols = torch.rand(len(pts), 3, generator=g)
+    cam = CameraTrajectory.orbit_left(12, 2, width=s, height=s, pivot_depth=4.0)[1]
+    # The worst case: the same number of points in random order.
+    shuffled = pts[torch.randperm(len(pts), generator=g)]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(pts):,} points, {s}x{s}")
+    for label, p in (("depth-map memory", pts), ("random order", shuffled)):
+        print(f"-- {label}")
+        run(p, cols, cam, args.repeats)
+    traj = CameraTrajectory.orbit_left(20, 8, width=s, height=s, pivot_depth=4.0)
+    batched = timeit(lambda: render_points(pts, cols, traj, radius=2), max(2, args.repeats // 4))
+    print(f"batched 8 cameras, radius 2: {batched / 8:7.2f} ms/frame ({batched:.1f} ms total)")
+
+
+def run(pts, cols, cam, repeats):
     for radius in (1, 2):
-        fast = timeit(lambda: render_points(pts, cols, cam, radius=radius), args.repeats)
-        naive = timeit(lambda: naive_splat(pts, cols, cam, radius), args.repeats)
+        fast = timeit(lambda: render_points(pts, cols, cam, radius=radius), repeats)
+        naive = timeit(lambda: naive_splat(pts, cols, cam, radius), repeats)
         ref_rgb, ref_depth = naive_splat(pts, cols, cam, radius)
         out = render_points(pts, cols, cam, radius=radius)
         agree = (out.depth[0] == ref_depth.where(torch.isfinite(ref_depth), 0.0)).float().mean().item()
         print(f"radius {radius}: render_points {fast:7.2f} ms/frame | naive splat {naive:7.2f} ms | "
               f"speed-up {naive / fast:5.2f}x | same depth on {agree * 100:.2f}% of pixels")
-    traj = CameraTrajectory.orbit_left(20, 8, width=s, height=s, pivot_depth=4.0)
-    batched = timeit(lambda: render_points(pts, cols, traj, radius=2), max(2, args.repeats // 4))
-    print(f"batched 8 cameras, radius 2: {batched / 8:7.2f} ms/frame ({batched:.1f} ms total)")
 
 
 if __name__ == "__main__":

@@ -265,9 +265,13 @@ def render_points(
     u.round_()
     v.round_()
     valid &= (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
-    pix = v.to(torch.int32).mul_(W).add_(u.to(torch.int32))
-    if T > 1:
-        pix += (torch.arange(T, device=pix.device, dtype=torch.int32) * (H * W))[:, None]
+    if T * H * W < 2**24 and u.dtype == torch.float32:  # exact in float32: skip two int conversions
+        pix = v.mul_(W).add_(u)
+        if T > 1:
+            pix += (torch.arange(T, device=pix.device, dtype=pix.dtype) * (H * W))[:, None]
+    else:
+        pix = v.to(torch.int64).mul_(W).add_(u.to(torch.int64))
+        pix += (torch.arange(T, device=pix.device) * (H * W))[:, None]
     pix = pix.masked_fill_(~valid, T * H * W).to(torch.int64)  # invalid points land in a dump slot
     keys = z.to(torch.float32).view(torch.int32).to(torch.int64)  # ordered like z for z > 0
     keys.bitwise_left_shift_(32).bitwise_or_(_arange(pts.shape[0], pts.device))
@@ -279,8 +283,9 @@ def render_points(
     mask = zbuf != _EMPTY
     index = torch.where(mask, zbuf & 0xFFFFFFFF, -1)
     depth = torch.where(mask, (zbuf >> 32).to(torch.int32).view(torch.float32), 0.0)
-    rgb = colors[index.clamp(min=0)] * mask[..., None].to(colors.dtype)  # (T,H,W,C)
-    return RenderOutput(rgb.permute(0, 3, 1, 2).contiguous(), depth, mask, index)
+    rgb = colors.index_select(0, index.clamp(min=0).view(-1)).view(T, H, W, -1)
+    rgb = rgb.permute(0, 3, 1, 2) * mask[:, None].to(colors.dtype)  # (T,C,H,W)
+    return RenderOutput(rgb, depth, mask, index)
 
 
 def _check_depth(depth, camera: CameraParameters | None = None, name: str = "depth") -> torch.Tensor:
