@@ -25,8 +25,8 @@ def _as_tensor(x, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x
     else:
-        try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        try:  # lists and arrays become float32, like every engine tensor
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype or torch.float32)
         except (TypeError, ValueError) as exc:
             raise ShapeMismatchError(f"{name} must be a numeric array or tensor, got {type(x).__name__}: {exc}") from None
     if dtype is not None:
@@ -247,8 +247,7 @@ class CameraParameters:
 
     def with_poses(self, c2w: torch.Tensor) -> "CameraParameters":
         """New cameras with the same K and size at poses ``c2w`` (B,4,4); validates the poses."""
-        K = self._K if self._K.shape[0] == c2w.shape[0] or self._K.shape[0] != 1 else self._K
-        return CameraParameters(K, c2w, self.width, self.height, self.model)
+        return CameraParameters(self._K, c2w, self.width, self.height, self.model)
 
     def allclose(self, other: "CameraParameters", atol: float = 1e-5) -> bool:
         """Same size, model and (within ``atol``) the same K and c2w."""
@@ -336,7 +335,10 @@ def _check_frames(num_frames) -> int:
 
 
 def _finite(name: str, value) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
     if not math.isfinite(v):
         raise ConfigError(f"{name} must be a finite number, got {value!r}.")
     return v
@@ -454,6 +456,8 @@ class CameraTrajectory:
 
     def concat(self, *others: "CameraTrajectory", relative: bool = False) -> "CameraTrajectory":
         """Join trajectories in order; also callable as ``CameraTrajectory.concat(a, b, ...)``.
+
+        The result keeps the first trajectory's fps.
 
         With ``relative=True`` each following trajectory is moved so that its first camera sits on
         the previous trajectory's last camera, and that duplicate first frame is dropped (chaining
