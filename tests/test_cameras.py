@@ -272,6 +272,9 @@ def test_bad_trajectory_arguments():
         CameraTrajectory.forward(float("nan"), 4)
     with pytest.raises(ConfigError, match="scene_depth"):
         CameraTrajectory.forward(1.0, 4, scene_depth=-1)
+    for bad in ("abc", 0, -2.0, None):
+        with pytest.raises(ConfigError, match="factor"):
+            CameraTrajectory.zoom_out(bad, 4)
     with pytest.raises(ConfigError, match="pivot_depth"):
         CameraTrajectory.orbit_left(30, 4, pivot_depth=0)
     with pytest.raises(UnknownNameError, match="cubic"):

@@ -12,7 +12,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .cameras import CameraParameters
 from .errors import EmptyPointCloudError, InvalidDepthError, ShapeMismatchError
