@@ -17,6 +17,7 @@ __all__ = [
     "UnknownNameError",
     "TrajectoryFormatError",
     "ConfigError",
+    "MemoryFileError",
 ]
 
 
@@ -59,6 +60,10 @@ class TrajectoryFormatError(WorldStereoError, ValueError):
 
 class ConfigError(WorldStereoError, ValueError):
     """A constructor or function argument outside its allowed range."""
+
+
+class MemoryFileError(WorldStereoError, ValueError):
+    """A memory file that is truncated, not safetensors, or not written by this project."""
 
 
 def check_choice(kind: str, value: str, choices) -> str:

@@ -1,0 +1,296 @@
+"""Point indexes for the global memory: a spatial hash for radius merges, exact kNN indexes.
+
+``SpatialHash`` answers "which stored points lie within ``radius`` of these queries" exactly, in
+batched torch, and takes insertions and removals without re-sorting what it already holds.
+``independent_set`` thins a set of points so that no two are closer than the radius.
+``KnnIndex`` wraps scipy's cKDTree, sklearn's BallTree and a chunked torch ``cdist``+``topk``
+behind one ``query(q, k)``; all three return the exact k nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["SpatialHash", "independent_set", "KnnIndex", "INDEX_TYPES"]
+
+INDEX_TYPES = ("kd_tree", "ball_tree", "cuda_knn")
+
+# Distances are compared in float32 as d2 < radius2 * (1 + _SLACK): a pair whose true distance is
+# below the radius is always caught although float32 rounding perturbs d2 by ~1e-7 relative.
+_SLACK = 1e-5
+
+
+def _cells(points: torch.Tensor, cell: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid cells (N,3) int64 of ``points`` (N,3) and the position inside the cell (N,3) in [0,1).
+
+    Computed in float64 so that cell membership is exact for float32 inputs of any magnitude.
+    """
+    scaled = points.double() / cell
+    cells = torch.floor(scaled)
+    return cells.long(), scaled - cells
+
+
+_AXIS_MULT = (-7046029254386353131, -4658895280553007687, -7723592293110705685)  # odd 64-bit constants
+
+
+def _axis_parts(c: torch.Tensor, axis: int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis parts of the bucket of integer cell coordinates ``c`` (int32 tensors).
+
+    The 4x4x4 block of a cell hashes to the sum over axes of (block_a * odd constant) >> shift
+    (mod 2**(bits-6)); the cell's 2-bit Morton digits inside the block fill the low 6 bits.
+    """
+    block = (((c >> 2) * _AXIS_MULT[axis]) >> (64 - (bits - 6))) & ((1 << (bits - 6)) - 1)
+    local = c & 3
+    morton = ((local & 1) | ((local & 2) << 2)) << axis
+    return block.int(), morton.int()
+
+
+def _combine(block: torch.Tensor, morton: torch.Tensor, bits: int) -> torch.Tensor:
+    """Bucket id (int32) from summed block parts and OR-ed Morton parts. Neighbouring cells share
+    a block's 64 consecutive buckets, so the lookups of nearby queries stay in cache."""
+    return ((block & ((1 << (bits - 6)) - 1)) << 6) | morton
+
+
+def _bucket(cells: torch.Tensor, bits: int) -> torch.Tensor:
+    """Bucket id (...,) int64 in [0, 2**bits) of integer cells (...,3)."""
+    parts = [_axis_parts(cells[..., a], a, bits) for a in range(3)]
+    return _combine(parts[0][0] + parts[1][0] + parts[2][0], parts[0][1] | parts[1][1] | parts[2][1], bits).long()
+
+
+class SpatialHash:
+    """Stored rows grouped by the hashed grid cell of their point (cell size = 2 * radius).
+
+    Layout: ``rows`` (E,) holds the stored rows sorted by bucket; ``start`` (B+1,) the offset of
+    each bucket in ``rows`` (bucket b is ``rows[start[b]:start[b+1]]``). Buckets are hashes of
+    cells, so a bucket may hold points of several cells; the distance test filters them.
+    Insertion merges the new rows in (no re-sort of the old ones); removal compacts by a mask.
+    """
+
+    def __init__(self, radius: float, device=None, min_buckets: int = 1 << 10):
+        self.radius = float(radius)
+        self.cell = 2.0 * self.radius * (1.0 + 1e-6)
+        self.device = torch.device(device or "cpu")
+        self.bits = max(10, math.ceil(math.log2(max(min_buckets, 1))))
+        self.rows = torch.empty(0, dtype=torch.int64, device=self.device)
+        self.start = torch.zeros((1 << self.bits) + 1, dtype=torch.int64, device=self.device)
+
+    def __len__(self) -> int:
+        return self.rows.numel()
+
+    def buckets(self, points: torch.Tensor) -> torch.Tensor:
+        """Bucket id (N,) of points (N,3)."""
+        return _bucket(_cells(points, self.cell)[0], self.bits)
+
+    def build(self, points: torch.Tensor, rows: torch.Tensor) -> None:
+        """Replace the content with ``rows`` (N,) at ``points`` (N,3); sizes the table to ~2N buckets."""
+        self.bits = max(10, math.ceil(math.log2(max(2 * rows.numel(), 1))))
+        b = self.buckets(points)
+        b_sorted, order = torch.sort(b, stable=True)
+        self.rows = rows.index_select(0, order)
+        counts = torch.bincount(b_sorted, minlength=1 << self.bits)
+        self.start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    def insert(self, points: torch.Tensor, rows: torch.Tensor) -> None:
+        """Add ``rows`` (M,) at ``points`` (M,3). Cost O(E + M log M + B), no re-sort of the E held rows.
+
+        In the merged order, a held entry at position i of bucket b moves up by the number of new
+        entries in buckets < b; a new entry goes after the held entries of its bucket.
+        """
+        if rows.numel() == 0:
+            return
+        b_new, order = torch.sort(self.buckets(points), stable=True)
+        B = 1 << self.bits
+        new_counts = torch.bincount(b_new, minlength=B)
+        new_before = torch.cat([new_counts.new_zeros(1), new_counts.cumsum(0)])  # (B+1,)
+        E, M = len(self), rows.numel()
+        out = torch.empty(E + M, dtype=torch.int64, device=self.device)
+        if E:
+            held_counts = self.start[1:] - self.start[:-1]
+            shift = torch.repeat_interleave(new_before[:-1], held_counts, output_size=E)
+            out.index_copy_(0, shift.add_(torch.arange(E, device=self.device)), self.rows)
+        new_pos = self.start.index_select(0, b_new + 1).add_(torch.arange(M, device=self.device))
+        out.index_copy_(0, new_pos, rows.index_select(0, order))
+        self.rows = out
+        self.start = self.start + new_before
+
+    def fits(self, extra: int) -> bool:
+        """Whether ``extra`` more entries keep the load factor (entries per bucket) at most 1.5."""
+        return 2 * (len(self) + extra) <= 3 * (1 << self.bits)
+
+    def remove(self, drop_row: torch.Tensor) -> None:
+        """Drop the entries whose row is flagged in ``drop_row`` (R,) bool (indexed by row)."""
+        if len(self) == 0:
+            return
+        drop = drop_row.index_select(0, self.rows)
+        if not bool(drop.any()):
+            return
+        bucket_of_entry = torch.repeat_interleave(
+            torch.arange(1 << self.bits, device=self.device), self.start[1:] - self.start[:-1], output_size=len(self)
+        )
+        removed = torch.bincount(take(bucket_of_entry, drop), minlength=1 << self.bits)
+        self.rows = take(self.rows, ~drop)
+        self.start = self.start - torch.cat([removed.new_zeros(1), removed.cumsum(0)])
+
+    def shift_rows(self, offset: int) -> None:
+        """Subtract ``offset`` from every stored row (after the owner compacts its buffer)."""
+        if offset:
+            self.rows -= offset
+
+    def candidates(self, query: torch.Tensor, stored_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All held rows within the radius of each query point.
+
+        Args:
+            query: (Q,3) points; stored_t: the owner's points transposed (3,R), indexed by row.
+        Returns:
+            qid (P,), row (P,), d2 (P,) squared distance, for every pair closer than the radius
+            (up to the float32 slack). A row may appear twice for one query when two of the
+            searched cells share a bucket; callers reduce with min/any, which is unaffected.
+
+        Completeness: the cell is 2r. For a query at fractional position f in its cell along an
+        axis, [q-r, q+r] stays inside its own cell and the neighbour on the side of f (f >= 0.5:
+        the next cell, else the previous), so every point closer than r lies in one of the 8
+        cells own + {0,1}^3 * side. Cells are computed in float64 from the same float32
+        coordinates for stored and query points, so membership agrees on both sides.
+        """
+        Q = query.shape[0]
+        empty = torch.empty(0, dtype=torch.int64, device=self.device)
+        if Q == 0 or len(self) == 0:
+            return empty, empty, torch.empty(0, device=self.device)
+        cells, frac = _cells(query, self.cell)
+        other = cells + torch.where(frac >= 0.5, 1, -1)  # (Q,3) the neighbour cell on each axis
+        # per axis the two candidate cells; the 8 buckets are their combinations (Q,2,2,2)
+        parts = [_axis_parts(torch.stack([cells[:, a], other[:, a]], 1), a, self.bits) for a in range(3)]
+        (bx, mx), (by, my), (bz, mz) = parts
+        block = bx[:, :, None, None] + by[:, None, :, None] + bz[:, None, None, :]
+        morton = mx[:, :, None, None] | my[:, None, :, None] | mz[:, None, None, :]
+        b = _combine(block, morton, self.bits).view(-1, 1)
+        # start and end of each bucket in one interleaved gather (same cache line)
+        bounds = self.start.index_select(0, torch.cat([b, b + 1], 1).view(-1)).view(-1, 2)
+        first = bounds[:, 0]
+        counts = bounds[:, 1] - first
+        total = int(counts.sum())
+        if total == 0:
+            return empty, empty, torch.empty(0, device=self.device)
+        seg_end = counts.cumsum(0)
+        entry = torch.repeat_interleave(first - (seg_end - counts), counts, output_size=total)
+        entry += torch.arange(total, device=self.device)
+        per_query = counts.view(Q, 8).sum(1)
+        row = self.rows.index_select(0, entry)
+        del entry
+        # coordinate-wise (structure of arrays): gathering rows of an (N,3) tensor is ~5x slower;
+        # the query side is repeated (sequential) rather than gathered
+        query_t = query.T.contiguous()
+        d2 = None
+        for axis in range(3):
+            diff = stored_t[axis].index_select(0, row)
+            diff -= torch.repeat_interleave(query_t[axis], per_query, output_size=total)
+            d2 = diff.square_() if d2 is None else d2.add_(diff.square_())
+        near = (d2 < self.radius**2 * (1 + _SLACK)).nonzero().squeeze(1)
+        # the query of candidate i is the segment of the per-query cumulative counts holding i
+        qid = torch.searchsorted(per_query.cumsum(0), near, right=True)
+        return qid, row.index_select(0, near), d2.index_select(0, near)
+
+
+def take(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask]`` along dim 0 via nonzero + index_select (boolean indexing is ~10x slower on CPU)."""
+    return values.index_select(0, mask.nonzero().squeeze(1))
+
+
+def nearest_within(n_query: int, qid: torch.Tensor, other: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """For each query (n_query,), the ``other`` id of its closest pair, -1 when it has none.
+
+    Ties in distance go to the lower id (distance bits and id are packed into one int64 key, and
+    non-negative float32 bit patterns sort like the floats).
+    """
+    best = torch.full((n_query,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=qid.device)
+    if qid.numel():
+        key = (d2.float().view(torch.int32).long() << 32) | other
+        best.scatter_reduce_(0, qid, key, reduce="amin")
+    return torch.where(best == torch.iinfo(torch.int64).max, -1, best & 0xFFFFFFFF)
+
+
+def independent_set(n: int, src: torch.Tensor, dst: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """A maximal independent set of the graph of close pairs, and where every other node merges.
+
+    Args:
+        n: number of nodes; src, dst (P,): close pairs (both directions listed); d2 (P,) their
+            squared distances.
+    Returns:
+        target (n,) long: -1 for nodes kept, else the id of a kept node adjacent to it (its nearest
+        kept neighbour when it was decided).
+
+    Luby's rounds with a fixed pseudo-random priority (a bijective hash of the node id, so the
+    result is deterministic): an undecided node whose priority is below every undecided
+    neighbour's is kept, its undecided neighbours merge into it. No two kept nodes are adjacent
+    (a kept node's neighbours are removed in the round it is kept; two neighbours are never kept in
+    one round as priorities are distinct), and every merged node is adjacent to its target.
+    Expected O(log n) rounds; the pair list shrinks every round.
+    """
+    device = src.device
+    bits = max(1, math.ceil(math.log2(max(n, 2))))
+    priority = (torch.arange(n, device=device) * 0x5851F42D4C957F2D) & ((1 << bits) - 1)  # odd multiplier: bijective
+    target = torch.full((n,), -2, dtype=torch.int64, device=device)  # -2 undecided, -1 kept
+    big = torch.iinfo(torch.int64).max
+    while True:
+        undecided = target == -2
+        if src.numel() == 0:
+            target[undecided] = -1
+            return target
+        min_nb = torch.full((n,), big, dtype=torch.int64, device=device)
+        min_nb.scatter_reduce_(0, src, priority.index_select(0, dst), reduce="amin")
+        kept = undecided & (priority < min_nb)
+        target.masked_fill_(kept, -1)
+        to_kept = kept.index_select(0, dst).nonzero().squeeze(1)
+        merged_to = nearest_within(n, src.index_select(0, to_kept), dst.index_select(0, to_kept), d2.index_select(0, to_kept))
+        target = torch.where(merged_to >= 0, merged_to, target)
+        alive = ((target.index_select(0, src) == -2) & (target.index_select(0, dst) == -2)).nonzero().squeeze(1)
+        src, dst, d2 = src.index_select(0, alive), dst.index_select(0, alive), d2.index_select(0, alive)
+
+
+class KnnIndex:
+    """Exact k-nearest-neighbour search over fixed points (N,3), one of ``INDEX_TYPES``.
+
+    ``kd_tree``: scipy cKDTree (all cores); ``ball_tree``: sklearn BallTree; ``cuda_knn``: torch
+    ``cdist`` + ``topk`` in query chunks on the points' device (CUDA or CPU). Results are sorted by
+    distance; all three agree except in exact distance ties.
+    """
+
+    def __init__(self, points: torch.Tensor, index_type: str, chunk_elements: int = 1 << 24):
+        self.index_type, self.points, self.chunk_elements = index_type, points, chunk_elements
+        if index_type == "kd_tree":
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(points.detach().cpu().double().numpy())
+        elif index_type == "ball_tree":
+            from sklearn.neighbors import BallTree
+
+            self._tree = BallTree(points.detach().cpu().double().numpy())
+
+    def query(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """dist (Q,k) float32 and idx (Q,k) long of the k nearest points, nearest first."""
+        device = query.device
+        if self.index_type == "cuda_knn":
+            return self._torch_query(query, k)
+        q = query.detach().cpu().double().numpy()
+        if self.index_type == "kd_tree":
+            dist, idx = self._tree.query(q, k=k, workers=-1)
+            if k == 1:
+                dist, idx = dist[:, None], idx[:, None]
+        else:
+            dist, idx = self._tree.query(q, k=k, return_distance=True, sort_results=True)
+        return torch.from_numpy(dist).float().to(device), torch.from_numpy(idx).long().to(device)
+
+    def _torch_query(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pts = self.points.double()
+        q = query.to(pts.device).double()
+        chunk = max(1, self.chunk_elements // max(pts.shape[0], 1))
+        dists, idxs = [], []
+        for s in range(0, q.shape[0], chunk):
+            # float64 matmul form: fast; its rounding (~1e-16 |x|^2) only matters for near-exact ties
+            d = torch.cdist(q[s : s + chunk], pts, compute_mode="use_mm_for_euclid_dist")
+            dk, ik = torch.topk(d, k, dim=1, largest=False, sorted=True)
+            dists.append(dk)
+            idxs.append(ik)
+        return torch.cat(dists).float().to(query.device), torch.cat(idxs).to(query.device)
