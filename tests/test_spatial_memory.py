@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ws_engine import CameraParameters, SpatialStereoMemory
 from ws_engine.errors import ConfigError, EmptyMemoryError, ShapeMismatchError, UnknownNameError
 from ws_engine.geometry import project
-from ws_engine.memory.spatial_memory import window_attention
+from ws_engine.memory.window_attention import window_attention
 from ws_engine.rotations import look_at
 
 CENTRE = torch.tensor([0.0, 0.0, 4.0])

@@ -8,19 +8,15 @@ iff some usable correspondence of j projects within ``attention_window`` pixels 
 pixel coordinates, so no longitude wrap for panoramas) of the projection of ``p_i``. Attention is a
 softmax of ``q_i . f_j / sqrt(D)`` over those entries; a query without any gets zeros.
 
-The attention is computed sparsely (:func:`window_attention`): usable correspondences are bucketed
-in a grid of cells of size ``attention_window``; queries in one tile of 2x2 cells share a candidate
-list (the correspondences of the cells around the tile, one entry counted once), tested exactly per
-query; scores are small batched matmuls. Dense (B,N,M) tensors are built only for the weights.
-
-Frame-level retrieval (:meth:`SpatialStereoMemory.select_reference_frames`) scores registered views
-like the official WorldStereo memory bank: IoU of frustum bounding boxes times an angle penalty.
+The sparse kernel lives in :mod:`.window_attention`; frame-level retrieval
+(:meth:`SpatialStereoMemory.select_reference_frames`) scores registered views like the official
+WorldStereo memory bank (IoU of frustum bounding boxes times an angle penalty, :mod:`.view_selection`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,304 +25,15 @@ from ..cameras import CameraParameters
 from ..device import resolve_device
 from ..errors import ConfigError, EmptyMemoryError, ShapeMismatchError, check_choice
 from ..geometry import project
+from .view_selection import frustum_overlap_scores, rank_reference_views, view_tensors
+from .window_attention import window_attention
 
-__all__ = ["SpatialStereoMemory", "REPLACEMENT_POLICIES", "window_attention"]
+__all__ = ["SpatialStereoMemory", "REPLACEMENT_POLICIES", "window_attention", "frustum_overlap_scores"]
 
 REPLACEMENT_POLICIES = ("fifo", "lru", "importance_based")
-CHUNK_ELEMENTS = 1 << 21  # bound on the (groups x queries x candidates) elements held at once
-MAX_GROUP_QUERIES = 32
-TILE_CELLS = 2  # queries are grouped by tiles of 2x2 cells (see window_attention)
 RETRIEVE_CHUNK_ELEMENTS = 1 << 22  # bound on the (queries x M x K) distances retrieve holds at once
 
 
-# ------------------------------------------------------------------------------------------------
-# sparse windowed attention (pure function)
-# ------------------------------------------------------------------------------------------------
-
-
-def _group_queries(tile_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Split queries into groups of at most G queries sharing a tile.
-
-    Args:
-        tile_key: (Q,) tile keys of the queries.
-    Returns:
-        members (Gn,G) long: query positions (into ``tile_key``) per group, padded with Q;
-        group_key (Gn,) tile key of each group; G (a power of two near the mean tile occupancy).
-    """
-    key, order = torch.sort(tile_key, stable=True)
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] != key[:-1]
-    tile_start = first.nonzero().squeeze(1)
-    rank = torch.arange(len(key), device=key.device) - tile_start[torch.cumsum(first, 0) - 1]
-    mean = len(key) / len(tile_start)
-    size = int(min(MAX_GROUP_QUERIES, 2 ** math.ceil(math.log2(max(mean, 1.0)))))
-    new_group = first | (rank % size == 0)
-    group = torch.cumsum(new_group, 0) - 1
-    members = torch.full((int(group[-1]) + 1, size), len(key), dtype=torch.long, device=key.device)
-    members[group, rank % size] = order
-    return members, key[new_group], size
-
-
-def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column positions (c,U) of the True entries of each row of ``mask`` (c,L), in order, and their
-    validity (c,U) (rows hold fewer than U = the largest row count)."""
-    count = mask.sum(1)
-    rows, cols = mask.nonzero(as_tuple=True)
-    slot = torch.arange(len(rows), device=mask.device) - (count.cumsum(0) - count)[rows]
-    U = int(count.max()) if len(count) else 0
-    col = torch.zeros(mask.shape[0], U, dtype=torch.long, device=mask.device)
-    col_ok = torch.zeros(mask.shape[0], U, dtype=torch.bool, device=mask.device)
-    col[rows, slot] = cols
-    col_ok[rows, slot] = True
-    return col, col_ok
-
-
-def _keep_nearest(allow: torch.Tensor, dist: torch.Tensor, cap: int) -> None:
-    """In place: each row of ``allow`` (...,U) keeps its ``cap`` nearest True entries by ``dist``
-    (...,U), ties to the lower column."""
-    flat = allow.view(-1, allow.shape[-1])
-    rows = (flat.sum(1) > cap).nonzero().squeeze(1)  # only these rows need work
-    if len(rows) == 0:
-        return
-    d = dist.view(-1, dist.shape[-1])[rows].masked_fill_(~flat[rows], math.inf)
-    kth = d.kthvalue(cap, dim=1, keepdim=True).values
-    keep = d <= kth  # every tie at the cap distance included ...
-    crowded = (keep.sum(1) > cap).nonzero().squeeze(1)
-    if len(crowded):  # ... then the ties beyond the cap dropped, from the highest column down
-        d, kth = d[crowded], kth[crowded]
-        closer, tie = d < kth, d == kth
-        keep[crowded] = closer | (tie & (tie.cumsum(1) <= cap - closer.sum(1, keepdim=True)))
-    flat[rows] = keep
-
-
-class _CellIndex(NamedTuple):
-    """Usable correspondences sorted by grid cell; index P of ``uv``/``entry`` is a padding sentinel."""
-
-    key: torch.Tensor  # (P,) sorted cell keys (row * row_stride + column)
-    uv: torch.Tensor  # (P+1,2) pixels; the sentinel lies infinitely far from every query
-    entry: torch.Tensor  # (P+1,) entry ids; the sentinel is M
-    row_stride: int
-
-
-def _cell_index(corr, corr_uv, query_uv, window: float, tile: int, K: int, M: int):
-    """Bucket correspondences (P,) at ``corr_uv`` (P,2) in cells of size ``window``.
-
-    Returns the index and the tile key (Q,) of each query (tiles of ``tile`` x ``tile`` cells).
-    Coordinates are clamped first: that keeps keys in int64 and, being 1-Lipschitz, keeps near
-    points near; cells are shifted so that neighbourhoods of tiles never wrap around a row.
-    """
-    limit = window * 2.0**26
-    corr_cell = torch.floor(corr_uv.clamp(-limit, limit) / window).long()
-    query_cell = torch.floor(query_uv.clamp(-limit, limit) / window).long()
-    low = torch.minimum(corr_cell.amin(0), query_cell.amin(0)) - 2 * tile
-    corr_cell, query_cell = corr_cell - low, query_cell - low
-    row_stride = int(max(corr_cell[:, 0].max(), query_cell[:, 0].max())) + 2 * tile + 2
-    key, order = torch.sort(corr_cell[:, 1] * row_stride + corr_cell[:, 0])
-    far = torch.full((1, 2), -3e38, dtype=corr_uv.dtype, device=corr_uv.device)
-    sentinel = torch.tensor([M], device=corr.device)
-    index = _CellIndex(
-        key, torch.cat([corr_uv.index_select(0, order), far]), torch.cat([corr.index_select(0, order) // K, sentinel]), row_stride
-    )
-    query_tile = torch.div(query_cell, tile, rounding_mode="floor")
-    return index, query_tile[:, 1] * row_stride + query_tile[:, 0]
-
-
-def _tile_runs(index: _CellIndex, tile_key: torch.Tensor, tile: int):
-    """Start and length (Gn,tile+2) of the runs of ``index.key`` holding the cells within one cell
-    of each tile (one run per cell row)."""
-    stride = index.row_stride
-    ty, tx = torch.div(tile_key, stride, rounding_mode="floor"), tile_key % stride
-    rows = (ty[:, None] * tile + torch.arange(-1, tile + 1, device=tile_key.device)) * stride
-    start = torch.searchsorted(index.key, rows + (tx * tile - 1)[:, None])
-    end = torch.searchsorted(index.key, rows + (tx * tile + tile)[:, None], right=True)
-    return start, end - start
-
-
-def _candidates(index: _CellIndex, start: torch.Tensor, length: torch.Tensor, L: int, low: torch.Tensor, high: torch.Tensor):
-    """The runs of c groups laid side by side, restricted to the boxes ``low``..``high`` (c,2) and
-    sorted by entry: entry ids (c,L') (M = padding) and pixels (c,L',2), L' <= L."""
-    c, R = start.shape
-    ends = length.cumsum(1)
-    slot = torch.arange(L, device=start.device).repeat(c, 1)
-    run = torch.searchsorted(ends, slot, right=True)  # (c,L) run of each slot, R = padding
-    pos = slot + (start - ends + length).gather(1, run.clamp(max=R - 1))
-    pos.masked_fill_(run >= R, len(index.key))
-    uv = index.uv[pos]
-    inside = ((uv >= low[:, None]) & (uv <= high[:, None])).all(-1)
-    M = int(index.entry[-1])
-    entry = index.entry[pos].masked_fill_(~inside, M)
-    # sort each row by entry id with one flat (int32 where it fits) sort that keeps rows apart;
-    # the candidates outside the box go last and are cut off
-    flat = entry + (M + 1) * torch.arange(c, device=start.device)[:, None]
-    perm = torch.sort((flat.int() if c * (M + 1) < 2**31 else flat).flatten()).indices.view(c, L)
-    perm = perm[:, : max(1, int(inside.sum(1).max()))]
-    return entry.flatten()[perm], uv.view(-1, 2)[perm]
-
-
-def _entry_distances(d2: torch.Tensor, entry: torch.Tensor, M: int):
-    """Squared pixel distance (c,G,U) of each query to each distinct entry (c,U) of its group's
-    candidates: the minimum over the entry's correspondences in ``d2`` (c,G,L) (``entry`` (c,L)
-    sorted, M = padding). Returns entry ids (c,U), distances, validity (c,U)."""
-    c, G, L = d2.shape
-    first = entry < M
-    first[:, 1:] &= entry[:, 1:] != entry[:, :-1]
-    col, col_ok = _compact(first)
-    U = col.shape[1]
-    column = (first.cumsum(1) - 1).masked_fill_(entry >= M, U)  # (c,L) each candidate's column, U = none
-    dist = d2.new_full((c, G, U + 1), math.inf).scatter_reduce_(2, column[:, None, :].expand(c, G, L), d2, "amin")
-    return entry.gather(1, col).masked_fill_(~col_ok, 0), dist[..., :U], col_ok
-
-
-def _chunks(total: list[int], G: int, budget: int):
-    """Consecutive ranges [i, j) of groups sorted by candidate count ``total`` whose padded size
-    (j - i) * G * total[j - 1] stays within ``budget`` (at least one group each); empty groups skipped."""
-    i, n = sum(1 for t in total if t == 0), len(total)
-    while i < n:
-        j = i + 1
-        while j < n and (j + 1 - i) * G * total[j] <= budget:
-            j += 1
-        yield i, j
-        i = j
-
-
-def window_attention(
-    query_features: torch.Tensor,
-    query_uv: torch.Tensor,
-    query_ok: torch.Tensor,
-    entry_uv: torch.Tensor,
-    entry_ok: torch.Tensor,
-    features: torch.Tensor,
-    window: float,
-    max_candidates: int | None = None,
-    return_pairs: bool = True,
-    chunk_elements: int = CHUNK_ELEMENTS,
-    tile_cells: int = TILE_CELLS,
-):
-    """Sparse attention of queries to entries with a correspondence within ``window`` pixels.
-
-    Args:
-        query_features: (N,D); query_uv: (N,2) pixels; query_ok: (N,) bool (query usable).
-        entry_uv: (M,K,2) pixels of the correspondences; entry_ok: (M,K) bool (usable).
-        features: (M,D) entry features (keys and values).
-        window: radius in pixels (inclusive). max_candidates: keep only the nearest ones per query
-            (distance = nearest usable correspondence; ties go to the lower entry index); None = all.
-        chunk_elements: bound on the (groups x queries x candidates) elements held at once.
-        tile_cells: queries are grouped by tiles of ``tile_cells`` x ``tile_cells`` grid cells.
-    Returns:
-        output (N,D); mass (M,) the attention weight each entry received (summed over queries);
-        with ``return_pairs`` the sparse weights ``(query (P,), entry (P,), weight (P,))`` over
-        every allowed (query, entry) pair, else None.
-
-    Method: usable correspondences are sorted by grid cell (size ``window``). Queries are grouped
-    by tile (at most G per group); a group's candidates are the correspondences of the cells
-    within one cell of its tile (one run of the sorted list per cell row) that lie within
-    ``window`` of the box around its queries. They are sorted by entry, tested exactly per query, reduced to one column per entry (nearest correspondence),
-    and attended with batched matmuls over the entries some query of the group may see.
-    """
-    N, D = query_features.shape
-    M, K = entry_ok.shape
-    dev, dtype = features.device, features.dtype
-    output = query_features.new_zeros(N, D)
-    mass = features.new_zeros(M)
-    pairs = [(torch.zeros(0, dtype=torch.long, device=dev),) * 2 + (features.new_zeros(0),)]
-    corr = entry_ok.flatten().nonzero().squeeze(1)  # usable correspondences (P,)
-    queries = query_ok.nonzero().squeeze(1)
-    if len(corr) and len(queries):
-        query_uv = query_uv.index_select(0, queries)
-        index, tile_key = _cell_index(corr, entry_uv.reshape(-1, 2).index_select(0, corr), query_uv, window, tile_cells, K, M)
-        members, group_key, G = _group_queries(tile_key)
-        query_uv = torch.cat([query_uv, torch.full((1, 2), 3e38, dtype=query_uv.dtype, device=dev)])  # padding query
-        run_start, run_len = _tile_runs(index, group_key, tile_cells)
-        total, by_size = torch.sort(run_len.sum(1))  # chunks of similar size pad little
-        total = total.tolist()
-        for i, j in _chunks(total, G, chunk_elements):
-            sel, L = by_size[i:j], total[j - 1]
-            c = len(sel)
-            qpos = members[sel]  # (c,G), padding = len(queries)
-            q_uv = query_uv.index_select(0, qpos.flatten()).view(c, G, 1, 2)
-            q_real = qpos < len(queries)
-            # only candidates within `window` of the box around the group's queries can match
-            low = q_uv[:, :, 0].masked_fill(~q_real[..., None], math.inf).amin(1) - window
-            high = q_uv[:, :, 0].masked_fill(~q_real[..., None], -math.inf).amax(1) + window
-            entry, cand_uv = _candidates(index, run_start[sel], run_len[sel], L, low, high)
-            d2 = (q_uv[..., 0] - cand_uv[:, None, :, 0]).square_()
-            d2 += (q_uv[..., 1] - cand_uv[:, None, :, 1]).square_()  # (c,G,L), inf for padding
-            uid, dist, ok = _entry_distances(d2, entry, M)
-            allow = (dist <= window * window).logical_and_(ok[:, None, :])
-            col, ok = _compact(allow.any(1))  # drop entries no query of the group may attend
-            if col.shape[1] == 0:
-                continue
-            col3 = col[:, None, :].expand(c, G, -1)
-            uid, allow, dist = uid.gather(1, col), allow.gather(2, col3).logical_and_(ok[:, None, :]), dist.gather(2, col3)
-            if max_candidates is not None and col.shape[1] > max_candidates:
-                _keep_nearest(allow, dist, max_candidates)
-
-            keys = features.index_select(0, uid.flatten()).view(c, -1, D)  # (c,U,D)
-            q_index = queries[qpos.clamp(max=len(queries) - 1)]  # (c,G)
-            q_feat = query_features.index_select(0, q_index.flatten()).view(c, G, D).to(dtype)
-            scores = torch.bmm(q_feat, keys.transpose(1, 2)).mul_(1.0 / math.sqrt(D)).masked_fill_(~allow, -math.inf)
-            top = scores.amax(2, keepdim=True).nan_to_num_(0.0, neginf=0.0)
-            weights = scores.sub_(top).exp_()
-            weights /= weights.sum(2, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)
-            output[q_index[q_real]] = torch.bmm(weights, keys)[q_real].to(output.dtype)
-            mass.index_add_(0, uid.flatten(), weights.sum(1).flatten())
-            if return_pairs:
-                g, q, u = allow.nonzero(as_tuple=True)
-                pairs.append((q_index[g, q], uid[g, u], weights[g, q, u]))
-    return output, mass, tuple(map(torch.cat, zip(*pairs))) if return_pairs else None
-
-
-# ------------------------------------------------------------------------------------------------
-# frame-level retrieval helpers
-# ------------------------------------------------------------------------------------------------
-
-
-def _frustum_boxes(K: torch.Tensor, c2w: torch.Tensor, size: torch.Tensor, panorama: torch.Tensor, near: float, far: float):
-    """Axis-aligned boxes (V,2,3) (min, max) of the 8 frustum corners, and optical axes (V,3).
-
-    Corners lie at distances ``near`` and ``far`` along the unit rays of the image-corner pixels
-    (0,0), (W,0), (W,H), (0,H). A panorama's box is the sphere of radius ``far`` around its centre.
-    """
-    W, H = size[:, 0].to(K.dtype), size[:, 1].to(K.dtype)
-    zero, one = torch.zeros_like(W), torch.ones_like(W)
-    pixels = torch.stack(
-        [torch.stack([zero, zero, one], -1), torch.stack([W, zero, one], -1), torch.stack([W, H, one], -1), torch.stack([zero, H, one], -1)], 1
-    )  # (V,4,3)
-    rays = F.normalize(torch.einsum("vij,vcj->vci", torch.linalg.inv(K), pixels), dim=-1)
-    depths = torch.tensor([near, far], dtype=K.dtype, device=K.device)
-    local = (rays[:, None] * depths[None, :, None, None]).reshape(len(K), 8, 3)
-    corners = torch.einsum("vij,vcj->vci", c2w[:, :3, :3], local) + c2w[:, None, :3, 3]
-    box = torch.stack([corners.amin(1), corners.amax(1)], 1)
-    centre = c2w[:, :3, 3]
-    sphere = torch.stack([centre - far, centre + far], 1)
-    box = torch.where(panorama[:, None, None], sphere, box)
-    return box, c2w[:, :3, 2]
-
-
-def frustum_overlap_scores(target: CameraParameters, view_K, view_c2w, view_size, view_panorama, near=0.1, far=10.0):
-    """Scores (T,V) = IoU of frustum boxes x ``clip(exp(5 (90 - angle) / 180), 0, 1)``.
-
-    ``angle`` is the angle in degrees between the optical axes (c2w column 2).
-    """
-    t_size = torch.tensor([[target.width, target.height]], device=target.device).expand(len(target), 2)
-    t_pano = torch.full((len(target),), target.model == "equirectangular", device=target.device)
-    t_box, t_axis = _frustum_boxes(target.Kb.double(), target.c2wb.double(), t_size, t_pano, near, far)
-    v_box, v_axis = _frustum_boxes(view_K.double(), view_c2w.double(), view_size, view_panorama, near, far)
-    t_box, v_box, t_axis, v_axis = t_box.cpu(), v_box.cpu(), t_axis.cpu(), v_axis.cpu()
-    low = torch.maximum(t_box[:, None, 0], v_box[None, :, 0])
-    high = torch.minimum(t_box[:, None, 1], v_box[None, :, 1])
-    inter = (high - low).clamp(min=0).prod(-1)
-    volume = lambda box: (box[:, 1] - box[:, 0]).prod(-1)  # noqa: E731
-    union = volume(t_box)[:, None] + volume(v_box)[None, :] - inter
-    iou = inter / union.clamp_min(1e-12)
-    cos = (F.normalize(t_axis, dim=-1) @ F.normalize(v_axis, dim=-1).T).clamp(-1, 1)
-    angle = torch.rad2deg(torch.acos(cos))
-    return (iou * torch.exp(5 * (90 - angle) / 180).clamp(0, 1)).float()
-
-
-# ------------------------------------------------------------------------------------------------
-# the memory
-# ------------------------------------------------------------------------------------------------
 
 
 def _as_float(x, name: str, device, dtype) -> torch.Tensor:
@@ -740,12 +447,7 @@ class SpatialStereoMemory:
 
     # frame-level retrieval -----------------------------------------------------------------------
     def _view_tensors(self):
-        cams = [v["camera"] for v in self.views]
-        K = torch.cat([c.Kb.double().cpu() for c in cams])
-        c2w = torch.cat([c.c2wb.double().cpu() for c in cams])
-        size = torch.tensor([[c.width, c.height] for c in cams], dtype=torch.long)
-        pano = torch.tensor([c.model == "equirectangular" for c in cams])
-        return K, c2w, size, pano
+        return view_tensors([v["camera"] for v in self.views])
 
     def view_scores(self, target_cameras, *, near: float = 0.1, far: float = 10.0) -> torch.Tensor:
         """Scores (T,V) of every registered view for every target camera (see :func:`frustum_overlap_scores`)."""
@@ -768,12 +470,4 @@ class SpatialStereoMemory:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}.")
         scores = self.view_scores(target_cameras, near=near, far=far)  # (T,V)
-        best_view = scores.argmax(1)  # (T,), first on ties
-        best_score = scores.gather(1, best_view[:, None]).squeeze(1)
-        V = scores.shape[1]
-        score = torch.full((V,), -1.0).scatter_reduce_(0, best_view, best_score, "amax")
-        first = torch.full((V,), len(best_view)).scatter_reduce_(0, best_view, torch.arange(len(best_view)), "amin")
-        chosen = torch.unique(best_view)
-        chosen = chosen[torch.argsort(first[chosen], stable=True)]  # by first appearance ...
-        order = chosen[torch.argsort(-score[chosen], stable=True)][:k]  # ... then best score first
-        return order.to(self.device)
+        return rank_reference_views(scores, k).to(self.device)
