@@ -107,6 +107,15 @@ def test_radius_is_a_disk_around_the_nearest_pixel():
         assert (out.index[0][disk] == 0).all()
 
 
+def test_points_just_outside_cover_border_pixels():
+    cam = CameraParameters(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]]), None, 6, 5)
+    outside = torch.tensor([[-1.0, 2.0, 1.0], [3.0, 5.2, 1.0]])  # nearest pixels (-1,2) and (3,5)
+    assert not render_points(outside, torch.ones(2, 1), cam, radius=1).mask.any()
+    out = render_points(outside, torch.ones(2, 1), cam, radius=2)
+    assert out.mask[0, 1:4, 0].all() and out.mask[0, 4, 2:5].all()
+    assert out.mask.sum() == 6 and (out.index[0, 1:4, 0] == 0).all() and (out.index[0, 4, 2:5] == 1).all()
+
+
 def test_dilation_respects_depth_order():
     # a near point next to a far one: with radius 2 the near one covers its 3x3 block only
     cam = CameraParameters(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]]), None, 9, 9)

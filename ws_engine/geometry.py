@@ -195,8 +195,19 @@ def _project_for_render(points: torch.Tensor, cams: CameraParameters) -> tuple[t
         lat = torch.asin((cam[..., 1] / r.clamp(min=1e-12)).clamp(-1, 1))
         return (lon / (2 * math.pi) + 0.5) * cams.width - 0.5, (lat / math.pi + 0.5) * cams.height - 0.5, r
     P = torch.matmul(cams.Kb.to(points.device, dtype), w2c[:, :3, :]).reshape(-1, 4)  # (T*3,4)
-    uvw = torch.addmm(P[:, 3:], P[:, :3], points.T).view(len(w2c), 3, -1)  # (T,3,N), rows contiguous
-    u, v, z = uvw.unbind(1)
+    if len(w2c) == 1 and points.stride(1) == 1 and points.stride(0) > 1:
+        # row-major (N,3) and one camera: three fused multiply-adds over strided columns beat a
+        # GEMM that must read the transposed layout (a column-major input, like the global
+        # memory's mirror, takes the GEMM below at full speed)
+        x, y, zc = points.unbind(1)
+        rows = []
+        for i in range(3):
+            row = torch.mul(x, P[i, 0]).add_(y, alpha=float(P[i, 1])).add_(zc, alpha=float(P[i, 2]))
+            rows.append(row.add_(float(P[i, 3])))
+        u, v, z = rows
+    else:
+        uvw = torch.addmm(P[:, 3:], P[:, :3], points.T).view(len(w2c), 3, -1)  # (T,3,N), rows contiguous
+        u, v, z = uvw.unbind(1)
     inv_z = z.reciprocal()
     return u.mul_(inv_z), v.mul_(inv_z), z
 
@@ -257,28 +268,36 @@ def render_points(
         raise ShapeMismatchError(f"radius must be >= 1 pixel, got {radius}.")
     T, H, W = len(cams), cams.height, cams.width
     pts = points if points.is_floating_point() else points.float()
+    equirect = cams.model == "equirectangular"
+    # a point just outside the image still covers border pixels with radius > 1: splat into a
+    # z-buffer with a margin, then crop (longitude wraps around instead on a panorama)
+    my = int(math.ceil(radius)) - 1
+    mx = 0 if equirect else my
+    Hp, Wp = H + 2 * my, W + 2 * mx
     # The loop below touches N*T elements; it is written with in-place ops so that a 1M-point
     # render allocates few large temporaries (each fresh allocation costs page faults).
     u, v, z = _project_for_render(pts, cams)
     valid = z > near
-    u.round_()
-    v.round_()
-    valid &= (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
-    if T * H * W < 2**24 and u.dtype == torch.float32:  # exact in float32: skip two int conversions
-        pix = v.mul_(W).add_(u)
+    u.round_().add_(mx)
+    v.round_().add_(my)
+    half_w, half_h = (Wp - 1) / 2, (Hp - 1) / 2  # 0 <= u <= Wp-1  <=>  |u - (Wp-1)/2| <= (Wp-1)/2
+    valid &= (u - half_w).abs_() <= half_w
+    valid &= (v - half_h).abs_() <= half_h
+    if T * Hp * Wp < 2**24 and u.dtype == torch.float32:  # exact in float32: skip two int conversions
+        pix = v.mul_(Wp).add_(u)
         if T > 1:
-            pix += (torch.arange(T, device=pix.device, dtype=pix.dtype) * (H * W))[:, None]
+            pix += (torch.arange(T, device=pix.device, dtype=pix.dtype) * (Hp * Wp))[:, None]
     else:
-        pix = v.to(torch.int64).mul_(W).add_(u.to(torch.int64))
-        pix += (torch.arange(T, device=pix.device) * (H * W))[:, None]
-    pix = pix.masked_fill_(~valid, T * H * W).to(torch.int64)  # invalid points land in a dump slot
+        pix = v.to(torch.int64).mul_(Wp).add_(u.to(torch.int64))
+        pix += (torch.arange(T, device=pix.device) * (Hp * Wp))[:, None]
+    pix = pix.masked_fill_(~valid, T * Hp * Wp).to(torch.int64)  # invalid points land in a dump slot
     keys = z.to(torch.float32).view(torch.int32).to(torch.int64)  # ordered like z for z > 0
     keys.bitwise_left_shift_(32).bitwise_or_(_arange(pts.shape[0], pts.device))
-    zbuf = torch.full((T * H * W + 1,), _EMPTY, dtype=torch.int64, device=pts.device)
+    zbuf = torch.full((T * Hp * Wp + 1,), _EMPTY, dtype=torch.int64, device=pts.device)
     zbuf.scatter_reduce_(0, pix.view(-1), keys.view(-1), reduce="amin")
-    zbuf = zbuf[:-1].view(T, H, W)
+    zbuf = zbuf[:-1].view(T, Hp, Wp)
     if radius > 1:
-        zbuf = _dilate_keys(zbuf, radius, wrap=cams.model == "equirectangular")
+        zbuf = _dilate_keys(zbuf, radius, wrap=equirect)[:, my : my + H, mx : mx + W]
     mask = zbuf != _EMPTY
     index = torch.where(mask, zbuf & 0xFFFFFFFF, -1)
     depth = torch.where(mask, (zbuf >> 32).to(torch.int32).view(torch.float32), 0.0)

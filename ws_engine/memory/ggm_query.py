@@ -89,7 +89,12 @@ class MemoryReadout:
         ``radius`` defaults to ``render_radius``.
         """
         self._check_not_empty("render")
-        return render_points(self.points, self.colors, as_cameras(cameras), radius=radius or self.render_radius)
+        return render_points(self._points_for_render(), self.colors, as_cameras(cameras), radius=radius or self.render_radius)
+
+    def _points_for_render(self) -> torch.Tensor:
+        """The points (N,3) as a view of the transposed mirror (3,N): render_points projects that
+        column-major layout with one GEMM at full speed."""
+        return self._pts_t[:, self._head : self._tail].T
 
     def inject_to_latent(self, latent: torch.Tensor, camera_params, injection: str = "cross_attention", radius: float | None = None) -> torch.Tensor:
         """Render the memory's values into each frame's camera at latent resolution and inject them.
@@ -120,7 +125,7 @@ class MemoryReadout:
                 f"({'feature_dim' if self.feature_dim else 'colours'}); use injection='concatenation' or feature_dim={C}."
             )
         self._check_not_empty("inject into the latent")
-        out = render_points(self.points, self._values(), cams.rescale(W, H), radius=radius or self.render_radius)
+        out = render_points(self._points_for_render(), self._values(), cams.rescale(W, H), radius=radius or self.render_radius)
         feat = out.rgb.to(latent.device, latent.dtype)
         mask = out.mask.to(latent.device, latent.dtype)[:, None]
         if len(cams) == T:
