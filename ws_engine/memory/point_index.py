@@ -168,29 +168,29 @@ class SpatialHash:
         b = _combine(block, morton, self.bits).view(-1, 1)
         # start and end of each bucket in one interleaved gather (same cache line)
         bounds = self.start.index_select(0, torch.cat([b, b + 1], 1).view(-1)).view(-1, 2)
-        first = bounds[:, 0]
-        counts = bounds[:, 1] - first
-        total = int(counts.sum())
-        if total == 0:
+        seg = (bounds[:, 1] > bounds[:, 0]).nonzero().squeeze(1)  # non-empty (query, bucket) segments
+        pos, end = bounds.index_select(0, seg).unbind(1)
+        qseg = seg >> 3  # the query of each segment (8 per query)
+        r2 = self.radius**2 * (1 + _SLACK)
+        found = []
+        # slot by slot: the j-th entry of every segment still holding one. Every working array has
+        # at most one element per segment (no (P,) candidate arrays, no repeat_interleave); the
+        # active set shrinks fast since buckets hold ~1-2 entries.
+        while pos.numel():
+            row = self.rows.index_select(0, pos)
+            d2 = None
+            for axis in range(3):
+                diff = stored_t[axis].index_select(0, row).sub_(query[:, axis].index_select(0, qseg))
+                d2 = diff.square_() if d2 is None else d2.add_(diff.square_())
+            near = (d2 < r2).nonzero().squeeze(1)
+            found.append((qseg.index_select(0, near), row.index_select(0, near), d2.index_select(0, near)))
+            pos += 1
+            more = (pos < end).nonzero().squeeze(1)
+            pos, end, qseg = pos.index_select(0, more), end.index_select(0, more), qseg.index_select(0, more)
+        if not found:
             return empty, empty, torch.empty(0, device=self.device)
-        seg_end = counts.cumsum(0)
-        entry = torch.repeat_interleave(first - (seg_end - counts), counts, output_size=total)
-        entry += torch.arange(total, device=self.device)
-        per_query = counts.view(Q, 8).sum(1)
-        row = self.rows.index_select(0, entry)
-        del entry
-        # coordinate-wise (structure of arrays): gathering rows of an (N,3) tensor is ~5x slower;
-        # the query side is repeated (sequential) rather than gathered
-        query_t = query.T.contiguous()
-        d2 = None
-        for axis in range(3):
-            diff = stored_t[axis].index_select(0, row)
-            diff -= torch.repeat_interleave(query_t[axis], per_query, output_size=total)
-            d2 = diff.square_() if d2 is None else d2.add_(diff.square_())
-        near = (d2 < self.radius**2 * (1 + _SLACK)).nonzero().squeeze(1)
-        # the query of candidate i is the segment of the per-query cumulative counts holding i
-        qid = torch.searchsorted(per_query.cumsum(0), near, right=True)
-        return qid, row.index_select(0, near), d2.index_select(0, near)
+        qid, row, d2 = (torch.cat(parts) for parts in zip(*found))
+        return qid, row, d2
 
 
 def take(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
