@@ -100,9 +100,8 @@ def _cell_index(corr, corr_uv, query_uv, window: float, tile: int, K: int, M: in
     key, order = torch.sort(corr_cell[:, 1] * row_stride + corr_cell[:, 0])
     far = torch.full((1, 2), -3e38, dtype=corr_uv.dtype, device=corr_uv.device)
     sentinel = torch.tensor([M], device=corr.device)
-    index = _CellIndex(
-        key, torch.cat([corr_uv.index_select(0, order), far]), torch.cat([corr.index_select(0, order) // K, sentinel]), row_stride
-    )
+    entry = torch.cat([corr.index_select(0, order) // K, sentinel])
+    index = _CellIndex(key, torch.cat([corr_uv.index_select(0, order), far]), entry.int() if M < 2**31 else entry, row_stride)
     query_tile = torch.div(query_cell, tile, rounding_mode="floor")
     return index, query_tile[:, 1] * row_stride + query_tile[:, 0]
 
@@ -122,21 +121,31 @@ def _candidates(index: _CellIndex, start: torch.Tensor, length: torch.Tensor, L:
     """The runs of c groups laid side by side, restricted to the boxes ``low``..``high`` (c,2) and
     sorted by entry: entry ids (c,L') (M = padding) and pixels (c,L',2), L' <= L."""
     c, R = start.shape
+    P, dev = len(index.key), start.device
+    small = P < 2**31
+    # positions in the index by one cumsum of +1 steps and a jump at the start of each run:
+    # the jump at run r is start_r - end_(r-1), so empty runs telescope away
+    jump = start.clone()
+    jump[:, 1:] -= (start + length)[:, :-1]
     ends = length.cumsum(1)
-    slot = torch.arange(L, device=start.device).repeat(c, 1)
-    run = torch.searchsorted(ends, slot, right=True)  # (c,L) run of each slot, R = padding
-    pos = slot + (start - ends + length).gather(1, run.clamp(max=R - 1))
-    pos.masked_fill_(run >= R, len(index.key))
-    uv = index.uv[pos]
+    step = torch.ones(c, L + 1, dtype=torch.int32 if small else torch.long, device=dev)
+    step[:, 0] = 0
+    step.scatter_add_(1, ends - length, jump.to(step.dtype))
+    pos = step[:, :L].cumsum(1, dtype=step.dtype)
+    pos.masked_fill_(torch.arange(L, device=dev) >= ends[:, -1:], P)
+    pos = pos.flatten()
+    uv = index.uv.index_select(0, pos).view(c, L, 2)
     inside = ((uv >= low[:, None]) & (uv <= high[:, None])).all(-1)
     M = int(index.entry[-1])
-    entry = index.entry[pos].masked_fill_(~inside, M)
     # sort each row by entry id with one flat (int32 where it fits) sort that keeps rows apart;
     # the candidates outside the box go last and are cut off
-    flat = entry + (M + 1) * torch.arange(c, device=start.device)[:, None]
-    perm = torch.sort((flat.int() if c * (M + 1) < 2**31 else flat).flatten()).indices.view(c, L)
-    perm = perm[:, : max(1, int(inside.sum(1).max()))]
-    return entry.flatten()[perm], uv.view(-1, 2)[perm]
+    wide = c * (M + 1) >= 2**31
+    row = (M + 1) * torch.arange(c, device=dev, dtype=torch.long if wide else torch.int32)[:, None]
+    flat = index.entry.index_select(0, pos).view(c, L).to(row.dtype).masked_fill_(~inside, M).add_(row)
+    key, perm = torch.sort(flat.flatten())
+    width = max(1, int(inside.sum(1).max()))
+    entry = key.view(c, L)[:, :width].sub_(row)
+    return entry, uv.view(-1, 2).index_select(0, perm.view(c, L)[:, :width].flatten()).view(c, width, 2)
 
 
 def _entry_distances(d2: torch.Tensor, entry: torch.Tensor, M: int):
@@ -225,28 +234,27 @@ def window_attention(
             low = q_uv[:, :, 0].masked_fill(~q_real[..., None], math.inf).amin(1) - window
             high = q_uv[:, :, 0].masked_fill(~q_real[..., None], -math.inf).amax(1) + window
             entry, cand_uv = _candidates(index, run_start[sel], run_len[sel], L, low, high)
-            d2 = (q_uv[..., 0] - cand_uv[:, None, :, 0]).square_()
-            d2 += (q_uv[..., 1] - cand_uv[:, None, :, 1]).square_()  # (c,G,L), inf for padding
+            d2 = q_uv[..., 0] - cand_uv[:, None, :, 0]
+            dv = q_uv[..., 1] - cand_uv[:, None, :, 1]
+            d2 = d2.mul_(d2).addcmul_(dv, dv)  # (c,G,L), inf for padding
+            del dv
             uid, dist, ok = _entry_distances(d2, entry, M)
-            allow = (dist <= window * window).logical_and_(ok[:, None, :])
-            col, ok = _compact(allow.any(1))  # drop entries no query of the group may attend
-            if col.shape[1] == 0:
+            del d2
+            if uid.shape[1] == 0:
                 continue
-            col3 = col[:, None, :].expand(c, G, -1)
-            uid, allow, dist = uid.gather(1, col), allow.gather(2, col3).logical_and_(ok[:, None, :]), dist.gather(2, col3)
-            if max_candidates is not None and col.shape[1] > max_candidates:
+            allow = dist <= window * window  # columns past a row's entries hold inf
+            if max_candidates is not None and uid.shape[1] > max_candidates:
                 _keep_nearest(allow, dist, max_candidates)
 
             keys = features.index_select(0, uid.flatten()).view(c, -1, D)  # (c,U,D)
             q_index = queries[qpos.clamp(max=len(queries) - 1)]  # (c,G)
             q_feat = query_features.index_select(0, q_index.flatten()).view(c, G, D).to(dtype)
             scores = torch.bmm(q_feat, keys.transpose(1, 2)).mul_(1.0 / math.sqrt(D)).masked_fill_(~allow, -math.inf)
-            top = scores.amax(2, keepdim=True).nan_to_num_(0.0, neginf=0.0)
-            weights = scores.sub_(top).exp_()
-            weights /= weights.sum(2, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)
+            weights = torch.softmax(scores, 2).nan_to_num_(0.0)  # rows without any entry: 0/0 -> 0
+            del scores
             output[q_index[q_real]] = torch.bmm(weights, keys)[q_real].to(output.dtype)
             mass.index_add_(0, uid.flatten(), weights.sum(1).flatten())
             if return_pairs:
                 g, q, u = allow.nonzero(as_tuple=True)
-                pairs.append((q_index[g, q], uid[g, u], weights[g, q, u]))
+                pairs.append((q_index[g, q], uid[g, u].long(), weights[g, q, u]))
     return output, mass, tuple(map(torch.cat, zip(*pairs))) if return_pairs else None
