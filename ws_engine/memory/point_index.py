@@ -35,28 +35,25 @@ def _cells(points: torch.Tensor, cell: float) -> tuple[torch.Tensor, torch.Tenso
 _AXIS_MULT = (-7046029254386353131, -4658895280553007687, -7723592293110705685)  # odd 64-bit constants
 
 
-def _axis_parts(c: torch.Tensor, axis: int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-axis parts of the bucket of integer cell coordinates ``c`` (int32 tensors).
+def _axis_part(c: torch.Tensor, axis: int, bits: int) -> torch.Tensor:
+    """Per-axis part (int32, same shape as ``c``) of the bucket of integer cell coordinates ``c``.
 
-    The 4x4x4 block of a cell hashes to the sum over axes of (block_a * odd constant) >> shift
-    (mod 2**(bits-6)); the cell's 2-bit Morton digits inside the block fill the low 6 bits.
+    The bucket is the sum of the three parts mod 2**bits: the 4x4x4 block of a cell hashes to the
+    sum over axes of (block_a * odd constant) >> shift (mod 2**(bits-6)), in bits 6 and up; the
+    cell's 2-bit Morton digits inside the block fill the low 6 bits (disjoint per axis, so the sum
+    never carries out of them). Neighbouring cells share a block's 64 consecutive buckets, so the
+    lookups of nearby queries stay in cache.
     """
     block = (((c >> 2) * _AXIS_MULT[axis]) >> (64 - (bits - 6))) & ((1 << (bits - 6)) - 1)
     local = c & 3
     morton = ((local & 1) | ((local & 2) << 2)) << axis
-    return block.int(), morton.int()
-
-
-def _combine(block: torch.Tensor, morton: torch.Tensor, bits: int) -> torch.Tensor:
-    """Bucket id (int32) from summed block parts and OR-ed Morton parts. Neighbouring cells share
-    a block's 64 consecutive buckets, so the lookups of nearby queries stay in cache."""
-    return ((block & ((1 << (bits - 6)) - 1)) << 6) | morton
+    return ((block << 6) | morton).int()
 
 
 def _bucket(cells: torch.Tensor, bits: int) -> torch.Tensor:
     """Bucket id (...,) int64 in [0, 2**bits) of integer cells (...,3)."""
-    parts = [_axis_parts(cells[..., a], a, bits) for a in range(3)]
-    return _combine(parts[0][0] + parts[1][0] + parts[2][0], parts[0][1] | parts[1][1] | parts[2][1], bits).long()
+    parts = [_axis_part(cells[..., a], a, bits) for a in range(3)]
+    return ((parts[0] + parts[1] + parts[2]) & ((1 << bits) - 1)).long()
 
 
 class SpatialHash:
@@ -160,17 +157,15 @@ class SpatialHash:
             return empty, empty, torch.empty(0, device=self.device)
         cells, frac = _cells(query, self.cell)
         other = cells + torch.where(frac >= 0.5, 1, -1)  # (Q,3) the neighbour cell on each axis
-        # per axis the two candidate cells; the 8 buckets are their combinations (Q,2,2,2)
-        parts = [_axis_parts(torch.stack([cells[:, a], other[:, a]], 1), a, self.bits) for a in range(3)]
-        (bx, mx), (by, my), (bz, mz) = parts
-        block = bx[:, :, None, None] + by[:, None, :, None] + bz[:, None, None, :]
-        morton = mx[:, :, None, None] | my[:, None, :, None] | mz[:, None, None, :]
-        b = _combine(block, morton, self.bits).view(-1, 1)
-        # start and end of each bucket in one interleaved gather (same cache line)
-        bounds = self.start.index_select(0, torch.cat([b, b + 1], 1).view(-1)).view(-1, 2)
-        seg = (bounds[:, 1] > bounds[:, 0]).nonzero().squeeze(1)  # non-empty (query, bucket) segments
-        pos, end = bounds.index_select(0, seg).unbind(1)
-        qseg = seg >> 3  # the query of each segment (8 per query)
+        # per axis the parts of the two candidate cells (2,Q); the 8 buckets are their sums (8,Q)
+        # (laid out so that every op runs over contiguous rows of length Q)
+        px, py, pz = (_axis_part(torch.stack([cells[:, a], other[:, a]]), a, self.bits) for a in range(3))
+        b = (px[:, None] + py[None]).view(4, 1, Q).add(pz[None]).view(-1).bitwise_and_((1 << self.bits) - 1)
+        first = self.start.index_select(0, b)
+        end = self.start.index_select(0, b.add_(1))
+        seg = (end > first).nonzero().squeeze(1)  # non-empty (bucket, query) segments
+        pos, end = first.index_select(0, seg), end.index_select(0, seg)
+        qseg = seg.remainder_(Q)  # the query of each segment
         r2 = self.radius**2 * (1 + _SLACK)
         found = []
         # slot by slot: the j-th entry of every segment still holding one. Every working array has
