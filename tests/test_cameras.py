@@ -252,8 +252,9 @@ def test_bad_cameras_raise_typed_errors():
         CameraParameters(torch.eye(4), None, 64, 64)
     with pytest.raises(InvalidCameraError):
         CameraParameters(K, None, 0, 64)
-    with pytest.raises(InvalidCameraError):
-        CameraParameters.from_fov(180.0, 64, 64)
+    for fov in (180.0, 0.0, "wide", None, float("nan")):
+        with pytest.raises(InvalidCameraError, match="Field of view"):
+            CameraParameters.from_fov(fov, 64, 64)
     with pytest.raises(UnknownNameError, match="fisheye"):
         CameraParameters(K, None, 64, 64, model="fisheye")
     with pytest.raises(ShapeMismatchError, match="one size"):

@@ -158,6 +158,13 @@ def test_render_errors():
         render_points(torch.zeros(5, 3), torch.zeros(4, 3), cam)
     with pytest.raises(ShapeMismatchError):
         render_points(torch.zeros(5, 3), torch.zeros(5, 3), cam, radius=0.5)
+    with pytest.raises(ShapeMismatchError, match="numeric"):
+        render_points([[0, 0, 1], [1, "x"]], torch.zeros(2, 3), cam)
+    # arrays are accepted like tensors
+    import numpy as np
+
+    out = render_points(np.array([[0.0, 0.0, 1.0]]), np.ones((1, 3)), cam)
+    assert out.mask.sum() == 1
 
 
 def test_depth_errors():

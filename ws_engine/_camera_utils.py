@@ -29,10 +29,14 @@ def _as_tensor(x, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
 def intrinsics_from_fov(fov: float, width: int, height: int, fov_axis: str = "horizontal") -> torch.Tensor:
     """K (3,3) of a centred pinhole camera with a field of view ``fov`` in degrees along ``fov_axis``."""
     check_choice("fov axis", fov_axis, ("horizontal", "vertical"))
-    if not (0.0 < float(fov) < 180.0):
-        raise InvalidCameraError(f"Field of view must be between 0 and 180 degrees (exclusive), got {fov}.")
+    try:
+        degrees = float(fov)
+    except (TypeError, ValueError):
+        degrees = math.nan
+    if not (0.0 < degrees < 180.0):
+        raise InvalidCameraError(f"Field of view must be a number of degrees between 0 and 180 (exclusive), got {fov!r}.")
     size = width if fov_axis == "horizontal" else height
-    f = (size / 2.0) / math.tan(math.radians(float(fov)) / 2.0)
+    f = (size / 2.0) / math.tan(math.radians(degrees) / 2.0)
     return torch.tensor([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]], dtype=torch.float32)
 
 

@@ -65,6 +65,16 @@ def _check_camera(camera) -> CameraParameters:
     return camera
 
 
+def _as_float_tensor(x, name: str) -> torch.Tensor:
+    """``x`` as a floating tensor (arrays and lists become float32)."""
+    if isinstance(x, torch.Tensor):
+        return x if x.is_floating_point() else x.float()
+    try:
+        return torch.as_tensor(x, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeMismatchError(f"{name} must be a numeric array or tensor: {exc}") from None
+
+
 def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Pixel centre coordinates (H,W,2) as (u, v) = (column, row)."""
     v, u = torch.meshgrid(
@@ -256,8 +266,9 @@ def render_points(
     space, which is exactly a disk splat at the cost of a few image-sized passes.
     """
     cams = _check_camera(cameras).as_batch()
-    if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[-1] != 3:
-        raise ShapeMismatchError(f"points must be a tensor of shape (N,3), got {tuple(getattr(points, 'shape', ()))}.")
+    points, colors = _as_float_tensor(points, "points"), _as_float_tensor(colors, "colors")
+    if points.dim() != 2 or points.shape[-1] != 3:
+        raise ShapeMismatchError(f"points must have shape (N,3), got {tuple(points.shape)}.")
     if points.shape[0] == 0:
         raise EmptyPointCloudError("Cannot render an empty point cloud; add points first (e.g. unproject a depth map).")
     if colors.dim() != 2 or colors.shape[0] != points.shape[0]:
@@ -267,7 +278,7 @@ def render_points(
     if not radius >= 1:
         raise ShapeMismatchError(f"radius must be >= 1 pixel, got {radius}.")
     T, H, W = len(cams), cams.height, cams.width
-    pts = points if points.is_floating_point() else points.float()
+    pts = points
     equirect = cams.model == "equirectangular"
     # a point just outside the image still covers border pixels with radius > 1: splat into a
     # z-buffer with a margin, then crop (longitude wraps around instead on a panorama)
