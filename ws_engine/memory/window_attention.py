@@ -148,18 +148,28 @@ def _candidates(index: _CellIndex, start: torch.Tensor, length: torch.Tensor, L:
     return entry, uv.view(-1, 2).index_select(0, perm.view(c, L)[:, :width].flatten()).view(c, width, 2)
 
 
-def _entry_distances(d2: torch.Tensor, entry: torch.Tensor, M: int):
+def _entry_distances(d2: torch.Tensor, entry: torch.Tensor, M: int, K: int):
     """Squared pixel distance (c,G,U) of each query to each distinct entry (c,U) of its group's
     candidates: the minimum over the entry's correspondences in ``d2`` (c,G,L) (``entry`` (c,L)
-    sorted, M = padding). Returns entry ids (c,U), distances, validity (c,U)."""
-    c, G, L = d2.shape
-    first = entry < M
-    first[:, 1:] &= entry[:, 1:] != entry[:, :-1]
-    col, col_ok = _compact(first)
-    U = col.shape[1]
-    column = (first.cumsum(1) - 1).masked_fill_(entry >= M, U)  # (c,L) each candidate's column, U = none
-    dist = d2.new_full((c, G, U + 1), math.inf).scatter_reduce_(2, column[:, None, :].expand(c, G, L), d2, "amin")
-    return entry.gather(1, col).masked_fill_(~col_ok, 0), dist[..., :U], col_ok
+    sorted, M = padding; an entry holds at most K consecutive candidates). Returns entry ids
+    (c,U) (0 in padding columns) and distances (inf in padding columns). ``d2`` is overwritten.
+
+    The minimum is a segmented inclusive scan (shifts 1, 2, 4, ... < K, each step only within one
+    entry's run), read at the last candidate of each run: a few dense passes, no scatter.
+    """
+    real = entry < M
+    s = 1
+    while s < K:
+        same = (entry[:, s:] == entry[:, :-s]).logical_and_(real[:, s:])  # (c,L-s)
+        prev = d2[..., :-s].masked_fill(~same[:, None, :], math.inf)
+        d2[..., s:].clamp_(max=prev)
+        s *= 2
+    last = real.clone()
+    last[:, :-1] &= entry[:, :-1] != entry[:, 1:]
+    col, col_ok = _compact(last)
+    c, G, _ = d2.shape
+    dist = d2.gather(2, col[:, None, :].expand(c, G, -1)).masked_fill_(~col_ok[:, None, :], math.inf)
+    return entry.gather(1, col).masked_fill_(~col_ok, 0), dist
 
 
 def _chunks(total: list[int], G: int, budget: int):
@@ -205,7 +215,8 @@ def window_attention(
     Method: usable correspondences are sorted by grid cell (size ``window``). Queries are grouped
     by tile (at most G per group); a group's candidates are the correspondences of the cells
     within one cell of its tile (one run of the sorted list per cell row) that lie within
-    ``window`` of the box around its queries. They are sorted by entry, tested exactly per query, reduced to one column per entry (nearest correspondence),
+    ``window`` of the box around its queries. They are sorted by entry, tested exactly per query,
+    reduced to one column per entry (nearest correspondence, by a segmented min scan),
     and attended with batched matmuls over the entries some query of the group may see.
     """
     N, D = query_features.shape
@@ -238,7 +249,7 @@ def window_attention(
             dv = q_uv[..., 1] - cand_uv[:, None, :, 1]
             d2 = d2.mul_(d2).addcmul_(dv, dv)  # (c,G,L), inf for padding
             del dv
-            uid, dist, ok = _entry_distances(d2, entry, M)
+            uid, dist = _entry_distances(d2, entry, M, K)
             del d2
             if uid.shape[1] == 0:
                 continue
