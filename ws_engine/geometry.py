@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .cameras import CameraParameters
+from .cameras import rigid_inverse as _rigid_inverse
 from .errors import EmptyPointCloudError, InvalidDepthError, ShapeMismatchError
 
 __all__ = [
@@ -151,10 +152,13 @@ def project(points: torch.Tensor, camera: CameraParameters) -> tuple[torch.Tenso
     if points.dim() == 3 and len(camera) not in (1, points.shape[0]):
         raise ShapeMismatchError(f"{points.shape[0]} point batches but {len(camera)} cameras.")
     dtype = points.dtype if points.is_floating_point() else torch.float32
+    if points.dim() == 2:
+        u, v, depth = _pixel_rows(points.to(dtype), camera.as_batch(), safe=True)
+        uv = torch.stack([u, v], -1)
+        return (uv, depth) if camera.batched else (uv[0], depth[0])
     w2c = camera.w2c.to(points.device, dtype)
     w2c = w2c if w2c.dim() == 3 else w2c[None]
-    pts = points.to(dtype)
-    p = pts if pts.dim() == 3 else pts[None]
+    p = points.to(dtype)
     cam = torch.matmul(p, w2c[:, :3, :3].transpose(-1, -2)) + w2c[:, None, :3, 3]  # (B,N,3)
     if camera.model == "equirectangular":
         r = cam.norm(dim=-1)
@@ -171,8 +175,6 @@ def project(points: torch.Tensor, camera: CameraParameters) -> tuple[torch.Tenso
         u = K[:, None, 0, 0] * xy[..., 0] + K[:, None, 0, 1] * xy[..., 1] + K[:, None, 0, 2]
         v = K[:, None, 1, 1] * xy[..., 1] + K[:, None, 1, 2]
         uv, depth = torch.stack([u, v], -1), z
-    if points.dim() == 2 and not camera.batched:
-        return uv[0], depth[0]
     return uv, depth
 
 
@@ -194,31 +196,37 @@ def splat_offsets(radius: float) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-r + 1, r) for dx in range(-r + 1, r) if dx * dx + dy * dy < radius * radius]
 
 
-def _project_for_render(points: torch.Tensor, cams: CameraParameters) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(T,N) pixel u, v and depth of points (N,3), with K folded into the world-to-camera matrix."""
-    dtype = points.dtype
-    w2c = cams.w2c.to(points.device, dtype)  # (T,4,4)
+def _affine_rows(points: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``M[:, :3] @ points.T + M[:, 3:]``: (R,N) rows from points (N,3) and a matrix M (R,4)."""
+    if M.shape[0] == 3 and points.stride(1) == 1 and points.stride(0) > 1:
+        # row-major (N,3), one camera: fused multiply-adds over the strided columns beat a GEMM
+        # that must read the transposed layout (column-major input, like the global memory's
+        # mirror, takes the GEMM at full speed)
+        x, y, z = points.unbind(1)
+        m = M.tolist()
+        return torch.stack([torch.mul(x, r[0]).add_(y, alpha=r[1]).add_(z, alpha=r[2]).add_(r[3]) for r in m])
+    return torch.addmm(M[:, 3:], M[:, :3], points.T)
+
+
+def _pixel_rows(points: torch.Tensor, cams: CameraParameters, safe: bool = False):
+    """Pixel u, v and depth (each (T,N)) of points (N,3) in a batch of T cameras.
+
+    Pinhole depth is z (K folded into the world-to-camera matrix: one pass over the points);
+    equirectangular depth is the distance. ``safe`` keeps u, v finite for z = 0 (the renderer
+    drops those points anyway and skips that pass).
+    """
+    T, dtype = len(cams), points.dtype
+    w2c = cams.c2wb.to(points.device, dtype)
+    w2c = _rigid_inverse(w2c)
     if cams.model == "equirectangular":
-        cam = torch.matmul(points, w2c[:, :3, :3].transpose(-1, -2)) + w2c[:, None, :3, 3]
-        r = cam.norm(dim=-1)
-        lon = torch.atan2(cam[..., 0], cam[..., 2])
-        lat = torch.asin((cam[..., 1] / r.clamp(min=1e-12)).clamp(-1, 1))
+        x, y, z = _affine_rows(points, w2c[:, :3, :].reshape(-1, 4)).view(T, 3, -1).unbind(1)
+        r = torch.sqrt(x * x + y * y + z * z)
+        lon = torch.atan2(x, z)
+        lat = torch.asin((y / r.clamp(min=1e-12)).clamp(-1, 1))
         return (lon / (2 * math.pi) + 0.5) * cams.width - 0.5, (lat / math.pi + 0.5) * cams.height - 0.5, r
     P = torch.matmul(cams.Kb.to(points.device, dtype), w2c[:, :3, :]).reshape(-1, 4)  # (T*3,4)
-    if len(w2c) == 1 and points.stride(1) == 1 and points.stride(0) > 1:
-        # row-major (N,3) and one camera: three fused multiply-adds over strided columns beat a
-        # GEMM that must read the transposed layout (a column-major input, like the global
-        # memory's mirror, takes the GEMM below at full speed)
-        x, y, zc = points.unbind(1)
-        rows = []
-        for i in range(3):
-            row = torch.mul(x, P[i, 0]).add_(y, alpha=float(P[i, 1])).add_(zc, alpha=float(P[i, 2]))
-            rows.append(row.add_(float(P[i, 3])))
-        u, v, z = rows
-    else:
-        uvw = torch.addmm(P[:, 3:], P[:, :3], points.T).view(len(w2c), 3, -1)  # (T,3,N), rows contiguous
-        u, v, z = uvw.unbind(1)
-    inv_z = z.reciprocal()
+    u, v, z = _affine_rows(points, P).view(T, 3, -1).unbind(1)
+    inv_z = (torch.where(z.abs() < 1e-12, 1e-12, z) if safe else z).reciprocal()
     return u.mul_(inv_z), v.mul_(inv_z), z
 
 
@@ -287,7 +295,7 @@ def render_points(
     Hp, Wp = H + 2 * my, W + 2 * mx
     # The loop below touches N*T elements; it is written with in-place ops so that a 1M-point
     # render allocates few large temporaries (each fresh allocation costs page faults).
-    u, v, z = _project_for_render(pts, cams)
+    u, v, z = _pixel_rows(pts, cams)  # (T,N) each
     valid = z > near
     u.round_().add_(mx)
     v.round_().add_(my)
