@@ -164,24 +164,32 @@ class SpatialHash:
         first = self.start.index_select(0, b)
         end = self.start.index_select(0, b.add_(1))
         seg = (end > first).nonzero().squeeze(1)  # non-empty (bucket, query) segments
-        pos, end = first.index_select(0, seg), end.index_select(0, seg)
-        qseg = seg.remainder_(Q)  # the query of each segment
+        if seg.numel() == 0:
+            return empty, empty, torch.empty(0, device=self.device)
+        pos = first.index_select(0, seg)
+        count = end.index_select(0, seg).sub_(pos)
+        # segments by decreasing count (a stable radix sort on a small key), so the segments still
+        # holding a j-th entry are a prefix: no compaction inside the loop
+        most = int(count.max())
+        key = (most - count).to(torch.uint8 if most < 256 else torch.int32)
+        order = torch.sort(key, stable=True)[1]
+        pos, qseg = pos.index_select(0, order), seg.remainder_(Q).index_select(0, order)  # qseg: the query
+        q = [query[:, axis].index_select(0, qseg) for axis in range(3)]
+        active = (count.numel() - torch.bincount(count, minlength=most + 1).cumsum(0)).tolist()  # count > j
         r2 = self.radius**2 * (1 + _SLACK)
         found = []
-        # slot by slot: the j-th entry of every segment still holding one. Every working array has
-        # at most one element per segment (no (P,) candidate arrays, no repeat_interleave); the
-        # active set shrinks fast since buckets hold ~1-2 entries.
-        while pos.numel():
-            row = self.rows.index_select(0, pos)
+        # slot by slot: the j-th entry of every segment holding one. Every working array has at most
+        # one element per segment (no (P,) candidate arrays, no repeat_interleave); the active
+        # prefix shrinks fast since buckets hold ~1-3 entries.
+        for j in range(most):
+            n = active[j]
+            row = self.rows.index_select(0, pos[:n] + j)
             d2 = None
             for axis in range(3):
-                diff = stored_t[axis].index_select(0, row).sub_(query[:, axis].index_select(0, qseg))
+                diff = stored_t[axis].index_select(0, row).sub_(q[axis][:n])
                 d2 = diff.square_() if d2 is None else d2.add_(diff.square_())
             near = (d2 < r2).nonzero().squeeze(1)
             found.append((qseg.index_select(0, near), row.index_select(0, near), d2.index_select(0, near)))
-            pos += 1
-            more = (pos < end).nonzero().squeeze(1)
-            pos, end, qseg = pos.index_select(0, more), end.index_select(0, more), qseg.index_select(0, more)
         if not found:
             return empty, empty, torch.empty(0, device=self.device)
         qid, row, d2 = (torch.cat(parts) for parts in zip(*found))
