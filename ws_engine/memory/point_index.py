@@ -92,25 +92,24 @@ class SpatialHash:
     def insert(self, points: torch.Tensor, rows: torch.Tensor) -> None:
         """Add ``rows`` (M,) at ``points`` (M,3). Cost O(E + M log M + B), no re-sort of the E held rows.
 
-        In the merged order, a held entry at position i of bucket b moves up by the number of new
-        entries in buckets < b; a new entry goes after the held entries of its bucket.
+        In the merged order, the k-th new entry (sorted by bucket b) goes right after the held
+        entries of bucket b, at ``start[b+1] + k``; the held entries fill the other positions in
+        their order.
         """
         if rows.numel() == 0:
             return
         b_new, order = torch.sort(self.buckets(points), stable=True)
-        B = 1 << self.bits
-        new_counts = torch.bincount(b_new, minlength=B)
-        new_before = torch.cat([new_counts.new_zeros(1), new_counts.cumsum(0)])  # (B+1,)
         E, M = len(self), rows.numel()
-        out = torch.empty(E + M, dtype=torch.int64, device=self.device)
-        if E:
-            held_counts = self.start[1:] - self.start[:-1]
-            shift = torch.repeat_interleave(new_before[:-1], held_counts, output_size=E)
-            out.index_copy_(0, shift.add_(torch.arange(E, device=self.device)), self.rows)
         new_pos = self.start.index_select(0, b_new + 1).add_(torch.arange(M, device=self.device))
+        out = torch.empty(E + M, dtype=torch.int64, device=self.device)
         out.index_copy_(0, new_pos, rows.index_select(0, order))
+        if E:
+            held = torch.ones(E + M, dtype=torch.bool, device=self.device)
+            held.index_fill_(0, new_pos, False)
+            out.masked_scatter_(held, self.rows)
         self.rows = out
-        self.start = self.start + new_before
+        new_counts = torch.bincount(b_new, minlength=1 << self.bits)
+        self.start[1:] += new_counts.cumsum(0)
 
     def fits(self, extra: int) -> bool:
         """Whether ``extra`` more entries keep the load factor (entries per bucket) at most 1.5."""
@@ -123,12 +122,11 @@ class SpatialHash:
         drop = drop_row.index_select(0, self.rows)
         if not bool(drop.any()):
             return
-        bucket_of_entry = torch.repeat_interleave(
-            torch.arange(1 << self.bits, device=self.device), self.start[1:] - self.start[:-1], output_size=len(self)
-        )
-        removed = torch.bincount(take(bucket_of_entry, drop), minlength=1 << self.bits)
+        entry = drop.nonzero().squeeze(1)
+        bucket = torch.searchsorted(self.start, entry, right=True) - 1  # the bucket holding each entry
+        removed = torch.bincount(bucket, minlength=1 << self.bits)
         self.rows = take(self.rows, ~drop)
-        self.start = self.start - torch.cat([removed.new_zeros(1), removed.cumsum(0)])
+        self.start[1:] -= removed.cumsum(0)
 
     def shift_rows(self, offset: int) -> None:
         """Subtract ``offset`` from every stored row (after the owner compacts its buffer)."""
