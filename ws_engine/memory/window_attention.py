@@ -15,7 +15,9 @@ import torch
 
 __all__ = ["window_attention", "CHUNK_ELEMENTS", "TILE_CELLS"]
 
-CHUNK_ELEMENTS = 1 << 21  # bound on the (groups x queries x candidates) elements held at once
+# bound on the (groups x queries x candidates) elements held at once: 2 MB float blocks stay in
+# the allocator's heap; 8 MB ones went back to the OS and page-faulted in again on every chunk
+CHUNK_ELEMENTS = 1 << 19
 MAX_GROUP_QUERIES = 32
 TILE_CELLS = 2  # queries are grouped by tiles of 2x2 cells (see window_attention)
 
@@ -148,28 +150,31 @@ def _candidates(index: _CellIndex, start: torch.Tensor, length: torch.Tensor, L:
     return entry, uv.view(-1, 2).index_select(0, perm.view(c, L)[:, :width].flatten()).view(c, width, 2)
 
 
-def _entry_distances(d2: torch.Tensor, entry: torch.Tensor, M: int, K: int):
+def _entry_distances(d2: torch.Tensor, entry: torch.Tensor, M: int, K: int, scratch: torch.Tensor):
     """Squared pixel distance (c,G,U) of each query to each distinct entry (c,U) of its group's
-    candidates: the minimum over the entry's correspondences in ``d2`` (c,G,L) (``entry`` (c,L)
-    sorted, M = padding; an entry holds at most K consecutive candidates). Returns entry ids
-    (c,U) (0 in padding columns) and distances (inf in padding columns). ``d2`` is overwritten.
+    candidates: the minimum over the entry's correspondences in ``d2`` (c,L,G) (candidate-major;
+    ``entry`` (c,L) sorted, M = padding; an entry holds at most K consecutive candidates). Returns
+    entry ids (c,U) (0 in padding columns) and distances (inf there). ``d2`` is overwritten and
+    ``scratch`` (like ``d2``) clobbered: no large temporaries.
 
     The minimum is a segmented inclusive scan (shifts 1, 2, 4, ... < K, each step only within one
-    entry's run), read at the last candidate of each run: a few dense passes, no scatter.
+    entry's run) read at the last candidate of each run: contiguous dense passes, no scatter.
     """
+    c, L, G = d2.shape
     real = entry < M
     s = 1
     while s < K:
         same = (entry[:, s:] == entry[:, :-s]).logical_and_(real[:, s:])  # (c,L-s)
-        prev = d2[..., :-s].masked_fill(~same[:, None, :], math.inf)
-        d2[..., s:].clamp_(max=prev)
+        block = torch.zeros(same.shape, dtype=d2.dtype, device=d2.device).masked_fill_(~same, math.inf)
+        prev = torch.add(d2[:, :-s], block[:, :, None], out=scratch[:, s:])
+        torch.minimum(d2[:, s:], prev, out=d2[:, s:])
         s *= 2
     last = real.clone()
     last[:, :-1] &= entry[:, :-1] != entry[:, 1:]
     col, col_ok = _compact(last)
-    c, G, _ = d2.shape
-    dist = d2.gather(2, col[:, None, :].expand(c, G, -1)).masked_fill_(~col_ok[:, None, :], math.inf)
-    return entry.gather(1, col).masked_fill_(~col_ok, 0), dist
+    rows = (col + L * torch.arange(c, device=col.device)[:, None]).flatten()
+    dist = d2.view(c * L, G).index_select(0, rows).view(c, -1, G).masked_fill_(~col_ok[..., None], math.inf)
+    return entry.gather(1, col).masked_fill_(~col_ok, 0), dist.transpose(1, 2).contiguous()
 
 
 def _chunks(total: list[int], G: int, budget: int):
@@ -245,12 +250,11 @@ def window_attention(
             low = q_uv[:, :, 0].masked_fill(~q_real[..., None], math.inf).amin(1) - window
             high = q_uv[:, :, 0].masked_fill(~q_real[..., None], -math.inf).amax(1) + window
             entry, cand_uv = _candidates(index, run_start[sel], run_len[sel], L, low, high)
-            d2 = q_uv[..., 0] - cand_uv[:, None, :, 0]
-            dv = q_uv[..., 1] - cand_uv[:, None, :, 1]
-            d2 = d2.mul_(d2).addcmul_(dv, dv)  # (c,G,L), inf for padding
-            del dv
-            uid, dist = _entry_distances(d2, entry, M, K)
-            del d2
+            d2 = cand_uv[:, :, None, 0] - q_uv[:, None, :, 0, 0]
+            dv = cand_uv[:, :, None, 1] - q_uv[:, None, :, 0, 1]
+            d2 = d2.mul_(d2).addcmul_(dv, dv)  # (c,L,G), inf for padding
+            uid, dist = _entry_distances(d2, entry, M, K, scratch=dv)
+            del d2, dv
             if uid.shape[1] == 0:
                 continue
             allow = dist <= window * window  # columns past a row's entries hold inf
