@@ -1,13 +1,16 @@
 """Benchmark: SpatialStereoMemory.constrained_attention (sparse) vs dense scaled_dot_product_attention.
 
 Setting: B=1, N=4096 queries (a 64x64 token grid, stride 8, on a 512x512 image), M=16384 entries
-with K=4 correspondences each, D=64 features, attention_window=16 px, and k=64 read as the
-candidate cap ``max_candidates`` (nearest 64 allowed entries per query). Geometry: a floor plane and
+with K=4 correspondences each, D=64 feature channels, attention_window=16 px, and k=64 = the
+candidate cap ``max_candidates``: each query attends at most its 64 nearest allowed entries
+(nearest = closest usable correspondence in pixels; k is not a top-k of scores). Geometry: a floor plane and
 a bumpy back wall seen by a 60-degree camera; each entry is a random image pixel lifted to the scene,
 its 4 correspondences are the scene points of the pixels +-2 around it, confidences uniform in
 [0.2, 1] (about 62% usable); about 56 entries per query pass the window (the cap binds for ~1/4 of
-the queries). Prints the median of several interleaved runs after a warm-up, and checks the sparse
-result against a dense masked reference (same cap, same tie rule) on 512 queries.
+the queries). Prints the median wall-clock and CPU (process) time of several interleaved runs after
+a warm-up, the ratio dense/sparse of each measured in this process, and checks the sparse result
+against a dense masked reference (same cap, same tie rule) on 512 queries. On a shared machine trust
+the CPU-time ratio (or --threads 1); wall clock only when the load average is low.
 
 Run: python bench/bench_attention.py [--runs 7] [--threads 2] [--profile]
 """
@@ -60,18 +63,21 @@ def build(generator: torch.Generator):
     return memory, camera, queries, positions
 
 
-def timed(functions, runs: int) -> list[float]:
-    """Median wall time (ms) of each function; runs interleave so load spikes hit all alike."""
+def timed(functions, runs: int) -> tuple[list[float], list[float]]:
+    """Median wall and CPU (process, all threads) times (ms) of each function; runs interleave so
+    load spikes hit all alike."""
     for fn in functions:
         fn()
         fn()
-    times = [[] for _ in functions]
+    wall, cpu = [[] for _ in functions], [[] for _ in functions]
     for _ in range(runs):
-        for fn, spent in zip(functions, times):
-            start = time.perf_counter()
+        for i, fn in enumerate(functions):
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    median = lambda ts: [statistics.median(t) * 1e3 for t in ts]  # noqa: E731
+    return median(wall), median(cpu)
 
 
 def dense_masked_reference(memory, camera, queries, positions, subset):
@@ -100,7 +106,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     memory, camera, queries, positions = build(torch.Generator().manual_seed(0))
     keys = memory.features[None]
-    print(f"B=1 N={queries.shape[1]} M={M} K={K} D={D} window={WINDOW}px max_candidates={CAP} threads={torch.get_num_threads()}")
+    print(f"B=1 N={queries.shape[1]} M={M} K={K} D={D} window={WINDOW}px k=max_candidates={CAP} "
+          f"(each query attends at most its {CAP} nearest allowed entries) threads={torch.get_num_threads()}")
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.1f} before the run; other processes share the CPU, so timings are noisy "
@@ -108,10 +115,11 @@ def main() -> None:
 
     sparse = lambda: memory.constrained_attention(queries, positions, camera, return_weights=False)  # noqa: E731
     dense = lambda: F.scaled_dot_product_attention(queries, keys, keys)  # noqa: E731
-    t_sparse, t_dense = timed([sparse, dense], args.runs)
-    print(f"constrained (sparse): {t_sparse:8.2f} ms")
-    print(f"dense SDPA:           {t_dense:8.2f} ms")
-    print(f"speed-up:             {t_dense / t_sparse:8.1f}x  (goal >= 10x)")
+    (w_sparse, w_dense), (c_sparse, c_dense) = timed([sparse, dense], args.runs)
+    print(f"median of {args.runs} runs       wall ms    CPU ms")
+    print(f"constrained (sparse): {w_sparse:9.2f} {c_sparse:9.2f}")
+    print(f"dense SDPA:           {w_dense:9.2f} {c_dense:9.2f}")
+    print(f"ratio dense/sparse:   {w_dense / w_sparse:9.1f}x {c_dense / c_sparse:8.1f}x  (goal >= 10x; same process)")
 
     out, _ = sparse()
     subset = torch.randperm(queries.shape[1], generator=torch.Generator().manual_seed(1))[:512]
