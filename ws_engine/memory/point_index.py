@@ -44,10 +44,10 @@ def _axis_part(c: torch.Tensor, axis: int, bits: int) -> torch.Tensor:
     never carries out of them). Neighbouring cells share a block's 64 consecutive buckets, so the
     lookups of nearby queries stay in cache.
     """
-    block = (((c >> 2) * _AXIS_MULT[axis]) >> (64 - (bits - 6))) & ((1 << (bits - 6)) - 1)
-    local = c & 3
-    morton = ((local & 1) | ((local & 2) << 2)) << axis
-    return ((block << 6) | morton).int()
+    # the top bits of the 64-bit product, already in place above the low 6 bits
+    part = ((c >> 2).mul_(_AXIS_MULT[axis]) >> (64 - bits)).bitwise_and_(((1 << bits) - 1) ^ 63)
+    morton = torch.tensor([0, 1, 8, 9], device=c.device) << axis  # Morton digits of 0..3
+    return part.bitwise_or_(morton.index_select(0, (c & 3).view(-1)).view(c.shape)).int()
 
 
 def _bucket(cells: torch.Tensor, bits: int) -> torch.Tensor:
@@ -72,6 +72,7 @@ class SpatialHash:
         self.bits = max(10, math.ceil(math.log2(max(min_buckets, 1))))
         self.rows = torch.empty(0, dtype=torch.int64, device=self.device)
         self.start = torch.zeros((1 << self.bits) + 1, dtype=torch.int64, device=self.device)
+        self._spans = None  # cache of spans(), dropped on every change
 
     def __len__(self) -> int:
         return self.rows.numel()
@@ -88,6 +89,7 @@ class SpatialHash:
         self.rows = rows.index_select(0, order)
         counts = torch.bincount(b_sorted, minlength=1 << self.bits)
         self.start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self._spans = None
 
     def insert(self, points: torch.Tensor, rows: torch.Tensor) -> None:
         """Add ``rows`` (M,) at ``points`` (M,3). Cost O(E + M log M + B), no re-sort of the E held rows.
@@ -110,6 +112,7 @@ class SpatialHash:
         self.rows = out
         new_counts = torch.bincount(b_new, minlength=1 << self.bits)
         self.start[1:] += new_counts.cumsum(0)
+        self._spans = None
 
     def fits(self, extra: int) -> bool:
         """Whether ``extra`` more entries keep the load factor (entries per bucket) at most 1.5."""
@@ -127,6 +130,13 @@ class SpatialHash:
         removed = torch.bincount(bucket, minlength=1 << self.bits)
         self.rows = take(self.rows, ~drop)
         self.start[1:] -= removed.cumsum(0)
+        self._spans = None
+
+    def spans(self) -> torch.Tensor:
+        """(B,) int64: start | count << 32 of each bucket, so one gather reads both (cached)."""
+        if self._spans is None:
+            self._spans = (self.start[1:] - self.start[:-1]).bitwise_left_shift_(32).bitwise_or_(self.start[:-1])
+        return self._spans
 
     def shift_rows(self, offset: int) -> None:
         """Subtract ``offset`` from every stored row (after the owner compacts its buffer)."""
@@ -159,13 +169,12 @@ class SpatialHash:
         # (laid out so that every op runs over contiguous rows of length Q)
         px, py, pz = (_axis_part(torch.stack([cells[:, a], other[:, a]]), a, self.bits) for a in range(3))
         b = (px[:, None] + py[None]).view(4, 1, Q).add(pz[None]).view(-1).bitwise_and_((1 << self.bits) - 1)
-        first = self.start.index_select(0, b)
-        end = self.start.index_select(0, b.add_(1))
-        seg = (end > first).nonzero().squeeze(1)  # non-empty (bucket, query) segments
+        span = self.spans().index_select(0, b)
+        seg = (span >= 1 << 32).nonzero().squeeze(1)  # non-empty (bucket, query) segments
         if seg.numel() == 0:
             return empty, empty, torch.empty(0, device=self.device)
-        pos = first.index_select(0, seg)
-        count = end.index_select(0, seg).sub_(pos)
+        span = span.index_select(0, seg)
+        pos, count = span & 0xFFFFFFFF, span >> 32
         # segments by decreasing count (a stable radix sort on a small key), so the segments still
         # holding a j-th entry are a prefix: no compaction inside the loop
         most = int(count.max())
