@@ -175,6 +175,41 @@ def test_chunking_and_tiling_do_not_change_the_result():
         torch.testing.assert_close(other[1], base[1], atol=1e-5, rtol=0)
 
 
+def test_projection_cache_follows_bank_camera_and_threshold_changes():
+    g = torch.Generator().manual_seed(21)
+    mem = filled_memory(g)
+    cam = random_cameras(g, 1)
+    q, pos = queries(g, B=1)
+
+    def check():
+        out, w = mem.constrained_attention(q, pos, cam)
+        ref_out, ref_w = naive_attention(mem, q, pos, cam)
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+        torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=0)
+
+    check()
+    check()  # served from the cache
+    mem.add_to_memory(torch.randn(5, 8, generator=g), scene_points(g, 5, 3), torch.ones(5, 3))
+    check()
+    mem.correspondences[:10] += 0.3  # in-place writes bump the version counters
+    check()
+    mem.confidences[:, 0] = 1.0
+    check()
+    mem.confidence_threshold = 0.9
+    check()
+    cam._c2w[..., 0, 3] += 0.2  # the camera moved in place
+    check()
+    cam = random_cameras(g, 1)  # another camera
+    check()
+    mem.load_state_dict(filled_memory(torch.Generator().manual_seed(5)).state_dict())
+    check()
+    with torch.inference_mode():  # inference tensors keep no version counter: never cached
+        mem.load_state_dict(filled_memory(torch.Generator().manual_seed(6)).state_dict())
+        check()
+        mem.correspondences[:10] -= 0.3
+        check()
+
+
 # ------------------------------------------------------------------------------------------------
 # writing: slots and replacement
 # ------------------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ class SpatialStereoMemory:
         self.metadata: list[Any] = [None] * M
         self.views: list[dict] = []
         self._clock = 0
+        self._projection_cache: dict | None = None  # see _project_entries
 
     # configuration and state ----------------------------------------------------------------
     @property
@@ -331,13 +332,44 @@ class SpatialStereoMemory:
 
     def _project(self, query_positions: torch.Tensor, camera: CameraParameters):
         """Pixels and usability of one camera's queries (N,2),(N,) and entries (M,K,2),(M,K)."""
-        M, K = self.confidences.shape
         q_uv, q_depth = project(query_positions, camera)
+        q_ok = (q_depth > 0) & torch.isfinite(q_uv).all(-1)
+        return (q_uv, q_ok) + self._project_entries(camera)
+
+    def _project_entries(self, camera: CameraParameters):
+        """Pixels (M,K,2) and usability (M,K) of every correspondence in ``camera``.
+
+        The last result is reused while the camera (K, c2w, size, model), the threshold and the
+        bank tensors are unchanged: the same tensor objects at the same in-place version counters
+        (any write through ``add_to_memory``, ``clear`` or indexing bumps them). Tensors that keep
+        no version counter (made under ``torch.inference_mode``) are never cached.
+        """
+        bank = (self.correspondences, self.confidences, self.filled)
+        try:
+            versions = tuple(t._version for t in bank)
+        except RuntimeError:  # inference tensors
+            versions = None
+        view = (camera.width, camera.height, camera.model, self.confidence_threshold)
+        pose = (camera.Kb, camera.c2wb)
+        hit = self._projection_cache
+        if (
+            versions is not None
+            and hit is not None
+            and all(a is b for a, b in zip(hit["bank"], bank))
+            and hit["versions"] == versions
+            and hit["view"] == view
+            and all(a.shape == b.shape and a.device == b.device and torch.equal(a, b) for a, b in zip(hit["pose"], pose))
+        ):
+            return hit["result"]
+        M, K = self.confidences.shape
         e_uv, e_depth = project(self.correspondences.reshape(-1, 3), camera)
         e_uv, e_depth = e_uv.reshape(M, K, 2), e_depth.reshape(M, K)
-        q_ok = (q_depth > 0) & torch.isfinite(q_uv).all(-1)
         e_ok = (e_depth > 0) & torch.isfinite(e_uv).all(-1) & (self.confidences >= self.confidence_threshold)
-        return q_uv, q_ok, e_uv, e_ok & self.filled[:, None]
+        result = (e_uv, e_ok & self.filled[:, None])
+        self._projection_cache = None
+        if versions is not None:
+            self._projection_cache = {"bank": bank, "versions": versions, "view": view, "pose": tuple(t.clone() for t in pose), "result": result}
+        return result
 
     def _touch(self, entries: torch.Tensor) -> None:
         """Mark entries (any shape, -1 ignored, repeats allowed) as used now (LRU clock)."""
