@@ -221,8 +221,8 @@ def window_attention(
     by tile (at most G per group); a group's candidates are the correspondences of the cells
     within one cell of its tile (one run of the sorted list per cell row) that lie within
     ``window`` of the box around its queries. They are sorted by entry, tested exactly per query,
-    reduced to one column per entry (nearest correspondence, by a segmented min scan),
-    and attended with batched matmuls over the entries some query of the group may see.
+    reduced to one column per entry (nearest correspondence, by a segmented min scan), and
+    attended with batched matmuls over the group's entries (softmax masked to the allowed ones).
     """
     N, D = query_features.shape
     M, K = entry_ok.shape
