@@ -132,10 +132,12 @@ class SpatialHash:
         self.start[1:] -= removed.cumsum(0)
         self._spans = None
 
-    def spans(self) -> torch.Tensor:
-        """(B,) int64: start | count << 32 of each bucket, so one gather reads both (cached)."""
+    def spans(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) int64 start | count << 32 of each bucket (one gather reads both) and (B,) bool
+        "bucket not empty" (8x smaller, so testing many buckets stays in cache). Cached."""
         if self._spans is None:
-            self._spans = (self.start[1:] - self.start[:-1]).bitwise_left_shift_(32).bitwise_or_(self.start[:-1])
+            count = self.start[1:] - self.start[:-1]
+            self._spans = count.bitwise_left_shift(32).bitwise_or_(self.start[:-1]), count > 0
         return self._spans
 
     def shift_rows(self, offset: int) -> None:
@@ -169,11 +171,11 @@ class SpatialHash:
         # (laid out so that every op runs over contiguous rows of length Q)
         px, py, pz = (_axis_part(torch.stack([cells[:, a], other[:, a]]), a, self.bits) for a in range(3))
         b = (px[:, None] + py[None]).view(4, 1, Q).add(pz[None]).view(-1).bitwise_and_((1 << self.bits) - 1)
-        span = self.spans().index_select(0, b)
-        seg = (span >= 1 << 32).nonzero().squeeze(1)  # non-empty (bucket, query) segments
+        spans, filled = self.spans()
+        seg = filled.index_select(0, b).nonzero().squeeze(1)  # non-empty (bucket, query) segments
         if seg.numel() == 0:
             return empty, empty, torch.empty(0, device=self.device)
-        span = span.index_select(0, seg)
+        span = spans.index_select(0, b.index_select(0, seg))
         pos, count = span & 0xFFFFFFFF, span >> 32
         # segments by decreasing count (a stable radix sort on a small key), so the segments still
         # holding a j-th entry are a prefix: no compaction inside the loop
