@@ -369,3 +369,28 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ShapeMismatchError, match="T=1"):
         mem.inject_to_latent(latent, CameraParameters.stack([cam, cam, cam]), "concatenation")
     assert len(mem) == 10
+
+
+@pytest.mark.parametrize("layout", ["random", "grid", "far"])
+def test_hash_nearest_matches_candidates_and_brute_force(layout):
+    """SpatialHash.nearest (own cell first, pruned neighbours) equals the nearest (lower row on
+    ties) among all candidates, also on a grid with exact ties and points on cell boundaries."""
+    from ws_engine.memory.point_index import SpatialHash, nearest_within
+
+    gen = torch.Generator().manual_seed(5)
+    r = 0.02
+    if layout == "grid":
+        stored = torch.randint(0, 30, (5000, 3), generator=gen).float() * (r / 2)
+    else:
+        stored = torch.rand(5000, 3, generator=gen) * 0.3 + (1000.0 if layout == "far" else 0.0)
+    jitter = (torch.rand(2000, 3, generator=gen) - 0.5) * r
+    query = torch.cat([stored[:2000] + jitter, stored[2000:2500], stored.min(0).values + torch.rand(2000, 3, generator=gen) * 0.3])
+    h = SpatialHash(r)
+    h.build(stored, torch.arange(len(stored)))
+    got = h.nearest(query, stored.T.contiguous())
+    assert torch.equal(got, nearest_within(len(query), *h.candidates(query, stored.T.contiguous())))
+    d = torch.cdist(query.double(), stored.double())
+    has = (d < r).any(1)
+    assert torch.equal(got >= 0, has | (got >= 0))  # every query with a point within r finds one
+    i = has.nonzero().squeeze(1)
+    assert torch.allclose(d[i, got[i]], d[i].min(1).values, rtol=1e-5, atol=0)

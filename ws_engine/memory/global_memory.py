@@ -8,8 +8,10 @@ stored cloud (an occasional amortised compaction aside).
 
 Merge invariant: after every update no two points are closer than the merge threshold r.
 Proof sketch (induction; the stored cloud satisfies it before the update):
-1. Each new point looks up every stored point closer than r (``SpatialHash.candidates`` is exact).
-   If there is one, the new point is merged into its nearest stored point and never added.
+1. Each new point finds its nearest stored point closer than r (``SpatialHash.nearest``: the 8
+   cells that hold every point closer than r, a neighbour cell skipped only when its distance
+   lower bound exceeds the best distance already found, so the result is exact). If there is
+   one, the new point is merged into it and never added.
 2. The remaining new points are thinned by a maximal independent set of their "closer than r"
    graph (``independent_set``): kept points are pairwise >= r apart, the others merge into a kept
    neighbour. Kept points are >= r from every stored point by 1., so adding them keeps it.
@@ -38,7 +40,7 @@ from ..errors import MemoryFileError  # noqa: F401  (re-exported)
 from .ggm_io import MemoryPersistence
 from .ggm_query import MemoryReadout
 from .ggm_utils import check_threshold, check_whole, parse_batch, parse_pose
-from .point_index import INDEX_TYPES, SpatialHash, independent_set, nearest_within
+from .point_index import INDEX_TYPES, SpatialHash, independent_set
 
 __all__ = ["GlobalGeometricMemory", "UpdateResult", "MemoryFileError"]
 
@@ -277,8 +279,7 @@ class GlobalGeometricMemory(MemoryReadout, MemoryPersistence):
         timings["rethin"] = time.perf_counter() - t0
         if r > 0:
             hash_ = self._ensure_hash(r)
-            qid, row, d2 = hash_.candidates(P, self._pts_t)
-            old_target = nearest_within(M, qid, row, d2)  # absolute buffer row, -1: none closer than r
+            old_target = hash_.nearest(P, self._pts_t)  # absolute buffer row, -1: none closer than r
             timings["search_old"] = time.perf_counter() - t0 - sum(timings.values())
             fresh = (old_target < 0).nonzero().squeeze(1)
             Pf = P.index_select(0, fresh)

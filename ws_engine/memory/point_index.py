@@ -145,6 +145,61 @@ class SpatialHash:
         if offset:
             self.rows -= offset
 
+    def _cell_buckets(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buckets (8,Q) of the 8 cells searched for each query (Q,3), and the per-axis distance
+        (Q,3) float64, in cells, from the query to the boundary facing the neighbour cell.
+
+        Row k = 4x + 2y + z is the cell own + (x,y,z) * side (side per axis: +1 when the query's
+        fractional position f >= 0.5, else -1), so row 0 is the query's own cell and the boundary
+        distance is min(f, 1 - f).
+        """
+        cells, frac = _cells(query, self.cell)
+        other = cells + torch.where(frac >= 0.5, 1, -1)  # (Q,3) the neighbour cell on each axis
+        # per axis the parts of the two candidate cells (2,Q); the 8 buckets are their sums (8,Q)
+        # (laid out so that every op runs over contiguous rows of length Q)
+        px, py, pz = (_axis_part(torch.stack([cells[:, a], other[:, a]]), a, self.bits) for a in range(3))
+        Q = query.shape[0]
+        b = (px[:, None] + py[None]).view(4, 1, Q).add(pz[None]).view(8, Q).bitwise_and_((1 << self.bits) - 1)
+        return b, torch.minimum(frac, 1 - frac)
+
+    def _scan(self, bucket: torch.Tensor, query: torch.Tensor, stored_t: torch.Tensor, mask: torch.Tensor | None = None):
+        """qid, row, d2 (P,) of the pairs closer than the radius between each query (Q,3) and the
+        held rows of its buckets ``bucket`` (K,Q) (where ``mask`` (K,Q) bool, if given, is set)."""
+        spans, filled = self.spans()
+        search = filled.index_select(0, bucket.reshape(-1))
+        if mask is not None:
+            search &= mask.reshape(-1)
+        seg = search.nonzero().squeeze(1)  # searched non-empty (bucket, query) segments
+        if seg.numel() == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return empty, empty, torch.empty(0, device=self.device)
+        span = spans.index_select(0, bucket.reshape(-1).index_select(0, seg))
+        pos, count = span & 0xFFFFFFFF, span >> 32
+        # segments by decreasing count (a stable radix sort on a small key), so the segments still
+        # holding a j-th entry are a prefix: no compaction inside the loop
+        most = int(count.max())
+        key = (most - count).to(torch.uint8 if most < 256 else torch.int32)
+        order = torch.sort(key, stable=True)[1]
+        pos, qseg = pos.index_select(0, order), seg.remainder_(query.shape[0]).index_select(0, order)  # qseg: the query
+        q = [query[:, axis].index_select(0, qseg) for axis in range(3)]
+        active = (count.numel() - torch.bincount(count, minlength=most + 1).cumsum(0)).tolist()  # count > j
+        r2 = self.radius**2 * (1 + _SLACK)
+        found = []
+        # slot by slot: the j-th entry of every segment holding one. Every working array has at most
+        # one element per segment (no (P,) candidate arrays, no repeat_interleave); the active
+        # prefix shrinks fast since buckets hold ~1-3 entries.
+        for j in range(most):
+            n = active[j]
+            row = self.rows.index_select(0, pos[:n] + j)
+            d2 = None
+            for axis in range(3):
+                diff = stored_t[axis].index_select(0, row).sub_(q[axis][:n])
+                d2 = diff.square_() if d2 is None else d2.add_(diff.square_())
+            near = (d2 < r2).nonzero().squeeze(1)
+            found.append((qseg.index_select(0, near), row.index_select(0, near), d2.index_select(0, near)))
+        qid, row, d2 = (torch.cat(parts) for parts in zip(*found))
+        return qid, row, d2
+
     def candidates(self, query: torch.Tensor, stored_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All held rows within the radius of each query point.
 
@@ -162,47 +217,39 @@ class SpatialHash:
         coordinates for stored and query points, so membership agrees on both sides.
         """
         Q = query.shape[0]
-        empty = torch.empty(0, dtype=torch.int64, device=self.device)
         if Q == 0 or len(self) == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
             return empty, empty, torch.empty(0, device=self.device)
-        cells, frac = _cells(query, self.cell)
-        other = cells + torch.where(frac >= 0.5, 1, -1)  # (Q,3) the neighbour cell on each axis
-        # per axis the parts of the two candidate cells (2,Q); the 8 buckets are their sums (8,Q)
-        # (laid out so that every op runs over contiguous rows of length Q)
-        px, py, pz = (_axis_part(torch.stack([cells[:, a], other[:, a]]), a, self.bits) for a in range(3))
-        b = (px[:, None] + py[None]).view(4, 1, Q).add(pz[None]).view(-1).bitwise_and_((1 << self.bits) - 1)
-        spans, filled = self.spans()
-        seg = filled.index_select(0, b).nonzero().squeeze(1)  # non-empty (bucket, query) segments
-        if seg.numel() == 0:
-            return empty, empty, torch.empty(0, device=self.device)
-        span = spans.index_select(0, b.index_select(0, seg))
-        pos, count = span & 0xFFFFFFFF, span >> 32
-        # segments by decreasing count (a stable radix sort on a small key), so the segments still
-        # holding a j-th entry are a prefix: no compaction inside the loop
-        most = int(count.max())
-        key = (most - count).to(torch.uint8 if most < 256 else torch.int32)
-        order = torch.sort(key, stable=True)[1]
-        pos, qseg = pos.index_select(0, order), seg.remainder_(Q).index_select(0, order)  # qseg: the query
-        q = [query[:, axis].index_select(0, qseg) for axis in range(3)]
-        active = (count.numel() - torch.bincount(count, minlength=most + 1).cumsum(0)).tolist()  # count > j
-        r2 = self.radius**2 * (1 + _SLACK)
-        found = []
-        # slot by slot: the j-th entry of every segment holding one. Every working array has at most
-        # one element per segment (no (P,) candidate arrays, no repeat_interleave); the active
-        # prefix shrinks fast since buckets hold ~1-3 entries.
-        for j in range(most):
-            n = active[j]
-            row = self.rows.index_select(0, pos[:n] + j)
-            d2 = None
-            for axis in range(3):
-                diff = stored_t[axis].index_select(0, row).sub_(q[axis][:n])
-                d2 = diff.square_() if d2 is None else d2.add_(diff.square_())
-            near = (d2 < r2).nonzero().squeeze(1)
-            found.append((qseg.index_select(0, near), row.index_select(0, near), d2.index_select(0, near)))
-        if not found:
-            return empty, empty, torch.empty(0, device=self.device)
-        qid, row, d2 = (torch.cat(parts) for parts in zip(*found))
-        return qid, row, d2
+        return self._scan(self._cell_buckets(query)[0], query, stored_t)
+
+    def nearest(self, query: torch.Tensor, stored_t: torch.Tensor) -> torch.Tensor:
+        """The held row (Q,) nearest to each query (Q,3) among those ``candidates`` reports, -1 if none.
+
+        Same result as ``nearest_within`` over ``candidates`` (ties to the lower row), but the
+        query's own cell is searched first, giving a best squared distance d2 (the radius when
+        none); a neighbour cell is then searched only where its lower bound can reach below d2.
+        Bound: a point of a neighbour cell differing from the own cell in the axes A is at least
+        sqrt(sum over a in A of (min(f_a, 1 - f_a) * cell)^2) from the query (it lies beyond the
+        boundary facing it on each such axis). The bound is lowered by 1e-5 relative (float32
+        rounding of d2 and of the bound) and by the float64 rounding of the cell coordinates, so a
+        skipped cell holds no point whose computed d2 could be below or tie the best one.
+        """
+        Q = query.shape[0]
+        if Q == 0 or len(self) == 0:
+            return torch.full((Q,), -1, dtype=torch.int64, device=self.device)
+        b, edge = self._cell_buckets(query)
+        best = _best_key(Q, *self._scan(b[:1], query, stored_t))
+        # per-axis squared boundary distance (Q,3), lowered for rounding; per cell its sum (8,Q)
+        eps = 1e-15 * (float(query.abs().max()) / self.cell + 1)
+        g = ((edge - eps).clamp_(min=0) * self.cell).square_().mul_(1 - _SLACK).float()
+        zero = g.new_zeros(Q)
+        gx, gy, gz = (torch.stack([zero, g[:, a]]) for a in range(3))
+        lower = (gx[:, None] + gy[None]).view(4, 1, Q).add(gz[None]).view(8, Q)[1:]
+        found = best != _NONE
+        best_d2 = torch.where(found, best >> 32, 0).int().view(torch.float32)
+        bound = torch.where(found, best_d2, self.radius**2 * (1 + _SLACK) * (1 + 1e-6)).add_(1e-44)
+        best = _best_key(Q, *self._scan(b[1:], query, stored_t, lower <= bound), best)
+        return torch.where(best == _NONE, -1, best & 0xFFFFFFFF)
 
 
 def take(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -210,17 +257,27 @@ def take(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.index_select(0, mask.nonzero().squeeze(1))
 
 
-def nearest_within(n_query: int, qid: torch.Tensor, other: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
-    """For each query (n_query,), the ``other`` id of its closest pair, -1 when it has none.
+_NONE = torch.iinfo(torch.int64).max  # key of "no pair"
 
-    Ties in distance go to the lower id (distance bits and id are packed into one int64 key, and
-    non-negative float32 bit patterns sort like the floats).
-    """
-    best = torch.full((n_query,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=qid.device)
+
+def _best_key(n: int, qid: torch.Tensor, other: torch.Tensor, d2: torch.Tensor, best: torch.Tensor | None = None) -> torch.Tensor:
+    """Per query (n,) the min over its pairs of the key d2 bits << 32 | other (``_NONE`` if none),
+    folded into ``best`` when given. Non-negative float32 bit patterns sort like the floats."""
+    if best is None:
+        best = torch.full((n,), _NONE, dtype=torch.int64, device=qid.device)
     if qid.numel():
         key = (d2.float().view(torch.int32).long() << 32) | other
         best.scatter_reduce_(0, qid, key, reduce="amin")
-    return torch.where(best == torch.iinfo(torch.int64).max, -1, best & 0xFFFFFFFF)
+    return best
+
+
+def nearest_within(n_query: int, qid: torch.Tensor, other: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """For each query (n_query,), the ``other`` id of its closest pair, -1 when it has none.
+
+    Ties in distance go to the lower id (distance bits and id are packed into one int64 key).
+    """
+    best = _best_key(n_query, qid, other, d2)
+    return torch.where(best == _NONE, -1, best & 0xFFFFFFFF)
 
 
 def independent_set(n: int, src: torch.Tensor, dst: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
