@@ -161,12 +161,8 @@ def project(points: torch.Tensor, camera: CameraParameters) -> tuple[torch.Tenso
     p = points.to(dtype)
     cam = torch.matmul(p, w2c[:, :3, :3].transpose(-1, -2)) + w2c[:, None, :3, 3]  # (B,N,3)
     if camera.model == "equirectangular":
-        r = cam.norm(dim=-1)
-        lon = torch.atan2(cam[..., 0], cam[..., 2])
-        lat = torch.asin((cam[..., 1] / r.clamp(min=1e-12)).clamp(-1, 1))
-        u = (lon / (2 * math.pi) + 0.5) * camera.width - 0.5
-        v = (lat / math.pi + 0.5) * camera.height - 0.5
-        uv, depth = torch.stack([u, v], -1), r
+        u, v, depth = _equirect_pixels(*cam.unbind(-1), camera.width, camera.height)
+        uv = torch.stack([u, v], -1)
     else:
         K = camera.Kb.to(points.device, dtype)
         z = cam[..., 2]
@@ -196,6 +192,14 @@ def splat_offsets(radius: float) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-r + 1, r) for dx in range(-r + 1, r) if dx * dx + dy * dy < radius * radius]
 
 
+def _equirect_pixels(x, y, z, width: int, height: int):
+    """Equirectangular pixel u, v and distance of camera-frame coordinates x, y, z (same shapes)."""
+    r = torch.sqrt(x * x + y * y + z * z)
+    lon = torch.atan2(x, z)
+    lat = torch.asin((y / r.clamp(min=1e-12)).clamp(-1, 1))
+    return (lon / (2 * math.pi) + 0.5) * width - 0.5, (lat / math.pi + 0.5) * height - 0.5, r
+
+
 def _affine_rows(points: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """``M[:, :3] @ points.T + M[:, 3:]``: (R,N) rows from points (N,3) and a matrix M (R,4)."""
     if M.shape[0] == 3 and points.stride(1) == 1 and points.stride(0) > 1:
@@ -216,14 +220,10 @@ def _pixel_rows(points: torch.Tensor, cams: CameraParameters, safe: bool = False
     drops those points anyway and skips that pass).
     """
     T, dtype = len(cams), points.dtype
-    w2c = cams.c2wb.to(points.device, dtype)
-    w2c = _rigid_inverse(w2c)
+    w2c = _rigid_inverse(cams.c2wb.to(points.device, dtype))
     if cams.model == "equirectangular":
         x, y, z = _affine_rows(points, w2c[:, :3, :].reshape(-1, 4)).view(T, 3, -1).unbind(1)
-        r = torch.sqrt(x * x + y * y + z * z)
-        lon = torch.atan2(x, z)
-        lat = torch.asin((y / r.clamp(min=1e-12)).clamp(-1, 1))
-        return (lon / (2 * math.pi) + 0.5) * cams.width - 0.5, (lat / math.pi + 0.5) * cams.height - 0.5, r
+        return _equirect_pixels(x, y, z, cams.width, cams.height)
     P = torch.matmul(cams.Kb.to(points.device, dtype), w2c[:, :3, :]).reshape(-1, 4)  # (T*3,4)
     u, v, z = _affine_rows(points, P).view(T, 3, -1).unbind(1)
     inv_z = (torch.where(z.abs() < 1e-12, 1e-12, z) if safe else z).reciprocal()
