@@ -18,6 +18,11 @@ __all__ = [
     "TrajectoryFormatError",
     "ConfigError",
     "MemoryFileError",
+    "InputFileError",
+    "OutputPathError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "GenerationCancelled",
 ]
 
 
@@ -64,6 +69,26 @@ class ConfigError(WorldStereoError, ValueError):
 
 class MemoryFileError(WorldStereoError, ValueError):
     """A memory file that is truncated, not safetensors, or not written by this project."""
+
+
+class InputFileError(WorldStereoError, ValueError):
+    """An input file (image, depth map, video, point cloud, mesh) that is missing or cannot be read."""
+
+
+class OutputPathError(WorldStereoError, ValueError):
+    """An output that cannot be written where asked (no path given, folder missing, wrong suffix)."""
+
+
+class MissingDependencyError(WorldStereoError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the pip extra."""
+
+
+class ModelLoadError(WorldStereoError, ValueError):
+    """A model folder or hub id that cannot be loaded (missing files, unknown backbone, bad config)."""
+
+
+class GenerationCancelled(WorldStereoError, RuntimeError):
+    """Raised (e.g. by a progress callback) to stop a run between steps; memories stay consistent."""
 
 
 def check_choice(kind: str, value: str, choices) -> str:
