@@ -82,6 +82,7 @@ class SpatialStereoMemory:
             Ties go to the oldest inserted. Free slots are always filled first.
         device: ``"cuda"`` without CUDA falls back to the CPU with one warning.
         max_candidates: default cap on entries per query in :meth:`constrained_attention`.
+        max_view_images: how many registered views keep their pixel data (see :meth:`add_view`).
         dtype: storage dtype of features.
 
     Tensors are preallocated: ``features`` (M,D), ``correspondences`` (M,K,3), ``confidences``
@@ -101,6 +102,7 @@ class SpatialStereoMemory:
         *,
         max_candidates: int | None = None,
         dtype: torch.dtype = torch.float32,
+        max_view_images: int | None = 64,
     ):
         for name, value in (("memory_size", memory_size), ("feature_dim", feature_dim), ("num_correspondences", num_correspondences)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -114,6 +116,9 @@ class SpatialStereoMemory:
         self.memory_size, self.feature_dim, self.num_correspondences = memory_size, feature_dim, num_correspondences
         self.attention_window, self.confidence_threshold = float(attention_window), float(confidence_threshold)
         self.max_candidates, self.dtype = max_candidates, dtype
+        if max_view_images is not None and (isinstance(max_view_images, bool) or not isinstance(max_view_images, int) or max_view_images < 1):
+            raise ConfigError(f"max_view_images must be None (no bound) or a positive integer, got {max_view_images!r}.")
+        self.max_view_images = max_view_images
         self.device = resolve_device(device)
         M, D, K, dev = memory_size, feature_dim, num_correspondences, self.device
         self.features = torch.zeros(M, D, dtype=dtype, device=dev)
@@ -141,6 +146,7 @@ class SpatialStereoMemory:
             "confidence_threshold": self.confidence_threshold,
             "replacement": self.replacement,
             "max_candidates": self.max_candidates,
+            "max_view_images": self.max_view_images,
         }
 
     _STATE = ("features", "correspondences", "confidences", "filled", "inserted_at", "last_used", "importance", "entry_view")
@@ -180,7 +186,7 @@ class SpatialStereoMemory:
             for K, c2w, size, pano in zip(state["view_K"], state["view_c2w"], state["view_size"], state["view_panorama"]):
                 model = "equirectangular" if bool(pano) else "pinhole"
                 cam = CameraParameters(K, c2w, int(size[0]), int(size[1]), model=model).to(self.device)
-                self.views.append({"camera": cam, "image": None, "name": None})
+                self.views.append({"camera": cam, "image": None, "name": None, "depth": None, "confidence": None})
 
     def to(self, device) -> "SpatialStereoMemory":
         """Move every tensor (and the view cameras) to ``device``; returns self."""
@@ -189,8 +195,9 @@ class SpatialStereoMemory:
             setattr(self, name, getattr(self, name).to(self.device))
         for view in self.views:
             view["camera"] = view["camera"].to(self.device)
-            if view["image"] is not None:
-                view["image"] = view["image"].to(self.device)
+            for key in self._PIXELS:
+                if view.get(key) is not None:
+                    view[key] = view[key].to(self.device)
         return self
 
     def clear(self) -> None:
@@ -295,17 +302,47 @@ class SpatialStereoMemory:
         victims = order[self.filled[order]][:need]
         return torch.cat([free, victims])
 
-    def add_view(self, camera: CameraParameters, image: torch.Tensor | None = None, name: str | None = None) -> int:
-        """Register one stored view (camera, optional image (3,H,W)) for frame retrieval; returns its index."""
+    def add_view(
+        self,
+        camera: CameraParameters,
+        image: torch.Tensor | None = None,
+        name: str | None = None,
+        *,
+        depth: torch.Tensor | None = None,
+        confidence: torch.Tensor | None = None,
+    ) -> int:
+        """Register one stored view for frame retrieval and detail transfer; returns its index.
+
+        ``image`` (3,H,W), ``depth`` (H,W) (0 = unknown) and ``confidence`` (H,W) in [0,1] are
+        optional pixel data at the camera's size. At most ``max_view_images`` views keep pixel data:
+        past that, the oldest views after the first lose theirs (cameras stay for retrieval).
+        """
         if not isinstance(camera, CameraParameters) or len(camera) != 1:
             got = f"{len(camera)} cameras" if isinstance(camera, CameraParameters) else type(camera).__name__
             raise ShapeMismatchError(f"add_view takes a single CameraParameters, got {got}; call it once per view.")
+        size = (camera.height, camera.width)
         if image is not None:
             image = _as_float(image, "image", self.device, torch.float32)
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ShapeMismatchError(f"A view image must have shape (3,H,W), got {tuple(image.shape)}.")
-        self.views.append({"camera": camera.to(self.device), "image": image, "name": name})
+        for value, what in ((image, "image"), (depth, "depth"), (confidence, "confidence")):
+            if value is not None and tuple(value.shape[-2:]) != size:
+                raise ShapeMismatchError(f"The view {what} is {tuple(value.shape[-2:])} but the camera is {size} (H,W).")
+        depth = None if depth is None else _as_float(depth, "depth", self.device, torch.float32)
+        confidence = None if confidence is None else _as_float(confidence, "confidence", self.device, torch.float32)
+        self.views.append({"camera": camera.to(self.device), "image": image, "name": name, "depth": depth, "confidence": confidence})
+        self._bound_view_pixels()
         return len(self.views) - 1
+
+    _PIXELS = ("image", "depth", "confidence")
+
+    def _bound_view_pixels(self) -> None:
+        with_pixels = [i for i, v in enumerate(self.views) if any(v.get(k) is not None for k in self._PIXELS)]
+        if self.max_view_images is None or len(with_pixels) <= self.max_view_images:
+            return
+        for i in with_pixels[1 : 1 + len(with_pixels) - self.max_view_images]:
+            for key in self._PIXELS:
+                self.views[i][key] = None
 
     # reading -----------------------------------------------------------------------------------
     def _check_queries(self, query_positions, camera_params, query_features=None):
