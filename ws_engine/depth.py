@@ -19,11 +19,11 @@ import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .cameras import CameraParameters
 from .device import resolve_device
@@ -41,7 +41,6 @@ from .geometry import camera_rays, complete_depth
 __all__ = [
     "DEFAULT_DEPTH_MODEL",
     "DEPTH_KINDS",
-    "DepthProvider",
     "TransformersDepthEstimator",
     "clear_depth_model_cache",
     "depth_from_input",
@@ -59,10 +58,6 @@ RELATIVE_DEPTH_RATIO = 50.0  # far/near bound of depth made from relative dispar
 METRIC_MODEL_TYPES = frozenset({"depth_pro", "glpn", "zoedepth"})  # predict metres, whatever the checkpoint
 CHANNEL_TOLERANCE = 0.02  # channels of a grey depth image may differ by 2% of its range (JPEG, colour profiles)
 MODEL_CACHE_SIZE = 2
-
-DepthProvider = Callable[[torch.Tensor], torch.Tensor]
-"""Anything that maps an image (3,H,W) in [0,1] to a depth map (H,W), e.g. a TransformersDepthEstimator."""
-
 
 # ---------------------------------------------------------------------------------------------
 # 1. a depth map given by the user
@@ -142,7 +137,7 @@ def _as_float_map(depth) -> tuple[torch.Tensor, int | None]:
     """The map as float (H,W) and the maximum of its integer dtype (None for float maps)."""
     if isinstance(depth, (str, os.PathLike)):
         depth = _read_depth_file(depth)
-    elif _is_pil_image(depth):
+    elif isinstance(depth, Image.Image):
         depth = np.asarray(depth)
     if isinstance(depth, np.ndarray):
         if depth.dtype.kind not in "iuf":
@@ -196,17 +191,7 @@ def _read_image_cv2(path: Path) -> np.ndarray:
         raise InputFileError(
             f"Could not read the depth image {str(path)!r}; give a PNG (8 or 16 bit), a float TIFF or a .npy file."
         )
-    if array.ndim == 3 and array.shape[-1] >= 3:  # OpenCV's BGR(A) -> RGB(A)
-        array = np.concatenate([array[..., 2::-1], array[..., 3:]], axis=-1)
-    return array
-
-
-def _is_pil_image(x) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:
-        return False
-    return isinstance(x, Image.Image)
+    return array  # BGR(A): the order does not matter, the colour channels of a depth map must agree
 
 
 def _to_2d(t: torch.Tensor) -> torch.Tensor:
@@ -227,19 +212,19 @@ def _to_2d(t: torch.Tensor) -> torch.Tensor:
 
 def _grey(channels: torch.Tensor, shape: tuple) -> torch.Tensor:
     """One channel from (C,H,W): the mean of the colour channels if they agree (alpha ignored)."""
-    colour = channels[:3].double()
-    if colour.shape[0] == 1:
-        return colour[0]
-    finite = colour[torch.isfinite(colour)]
-    value_range = float(finite.max() - finite.min()) if finite.numel() else 0.0
-    spread = torch.nan_to_num(colour.amax(0) - colour.amin(0), nan=0.0)
-    if float(spread.max()) > CHANNEL_TOLERANCE * value_range:
+    if channels.shape[0] == 1:
+        return channels[0]
+    r, g, b = torch.nan_to_num(channels[:3].float(), nan=0.0, posinf=0.0, neginf=0.0).unbind(0)
+    low, high = torch.aminmax(r)
+    spread = float(torch.maximum((r - g).abs().max(), (r - b).abs().max()))  # per-channel ops: fast on CPU
+    if spread > CHANNEL_TOLERANCE * float(high - low):
         raise InvalidDepthError(
-            f"The depth map of shape {shape} has channels that differ (by up to {float(spread.max()):g}): it looks "
-            "like a colour image or a colour-mapped depth preview. Pass the greyscale depth map itself (one channel, "
-            "or three equal channels as a depth node's IMAGE output has)."
+            f"The depth map of shape {shape} has channels that differ (by up to {spread:g}): it looks like a colour "
+            "image or a colour-mapped depth preview. Pass the greyscale depth map itself (one channel, or three "
+            "equal channels as a depth node's IMAGE output has)."
         )
-    return colour.mean(0)
+    r, g, b = channels[:3].float().unbind(0)
+    return (r + g + b) / 3
 
 
 def _drop_far(depth: torch.Tensor) -> torch.Tensor:
@@ -310,8 +295,8 @@ def disparity_to_depth(disparity: torch.Tensor, *, scene_depth: float = 3.0, max
     near = flat.kthvalue(max(1, math.ceil(0.99 * flat.numel()))).values
     if not bool(near > 0):
         raise InvalidDepthError(
-            "The relative disparity map has no positive value, so it says nothing about depth (a blank image or a "
-            "broken checkpoint). Pass depth= a depth map, or try another depth model."
+            "The relative disparity map is positive on fewer than 1% of its pixels, so it says nothing about depth "
+            "(a blank image or a broken checkpoint). Pass depth= a depth map, or try another depth model."
         )
     depth = 1.0 / (d / near).clamp(min=1.0 / max_ratio, max=1.0)
     return depth * (scene_depth / depth.median())
