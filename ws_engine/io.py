@@ -45,3 +45,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+# The formats live in their own modules (they import atomic_path from here when they write).
+from .io_geometry import MESH_SUFFIXES, POINT_CLOUD_SUFFIXES, load_mesh, load_point_cloud, save_mesh, save_ply  # noqa: E402
+from .io_image import (  # noqa: E402
+    IMAGE_SUFFIXES,
+    load_image,
+    load_image_with_alpha,
+    read_image_array,
+    save_depth_png16,
+    save_frame_grid,
+    save_image,
+)
+from .io_video import VIDEO_SUFFIXES, read_video, save_video  # noqa: E402
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "POINT_CLOUD_SUFFIXES",
+    "MESH_SUFFIXES",
+    "load_image",
+    "load_image_with_alpha",
+    "read_image_array",
+    "save_image",
+    "save_depth_png16",
+    "save_frame_grid",
+    "save_video",
+    "read_video",
+    "save_ply",
+    "load_point_cloud",
+    "save_mesh",
+    "load_mesh",
+]
