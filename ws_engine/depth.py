@@ -29,7 +29,6 @@ from .cameras import CameraParameters
 from .device import resolve_device
 from .errors import (
     ConfigError,
-    InputFileError,
     InvalidDepthError,
     MissingDependencyError,
     ModelLoadError,
@@ -37,6 +36,7 @@ from .errors import (
     check_choice,
 )
 from .geometry import camera_rays, complete_depth
+from .io import read_image_array
 
 __all__ = [
     "DEFAULT_DEPTH_MODEL",
@@ -136,7 +136,7 @@ def _check_size(size) -> tuple[int, int] | None:
 def _as_float_map(depth) -> tuple[torch.Tensor, int | None]:
     """The map as float (H,W) and the maximum of its integer dtype (None for float maps)."""
     if isinstance(depth, (str, os.PathLike)):
-        depth = _read_depth_file(depth)
+        depth = read_image_array(depth)
     elif isinstance(depth, Image.Image):
         depth = np.asarray(depth)
     if isinstance(depth, np.ndarray):
@@ -150,48 +150,6 @@ def _as_float_map(depth) -> tuple[torch.Tensor, int | None]:
         raise InvalidDepthError(f"depth must hold real numbers, got dtype {depth.dtype}; a mask is not a depth map.")
     int_max = None if depth.is_floating_point() else int(torch.iinfo(depth.dtype).max)
     return _to_2d(depth.detach()), int_max
-
-
-def _read_depth_file(path) -> np.ndarray:
-    """A depth file's array in its own dtype: .npy/.npz through numpy, images through io.read_image_array."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputFileError(f"The depth file {str(path)!r} does not exist; check the path.")
-    if path.suffix.lower() in (".npy", ".npz"):
-        return _read_numpy_file(path)
-    try:
-        from .io import read_image_array
-    except ImportError:  # until io.read_image_array exists: OpenCV, unchanged dtype and channels
-        return _read_image_cv2(path)
-    return read_image_array(path)
-
-
-def _read_numpy_file(path: Path) -> np.ndarray:
-    """The array of a .npy file, or of a .npz holding one array (or one named 'depth')."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.ndarray):
-            return data
-        with data:
-            names = list(data.keys())
-            if "depth" in names or len(names) == 1:
-                return data["depth" if "depth" in names else names[0]]
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputFileError(f"Could not read the depth array {str(path)!r} ({exc}); save it with numpy.save.") from exc
-    raise InputFileError(
-        f"The .npz file {str(path)!r} holds the arrays {names}; name the depth map 'depth' or store only one array."
-    )
-
-
-def _read_image_cv2(path: Path) -> np.ndarray:
-    import cv2
-
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise InputFileError(
-            f"Could not read the depth image {str(path)!r}; give a PNG (8 or 16 bit), a float TIFF or a .npy file."
-        )
-    return array  # BGR(A): the order does not matter, the colour channels of a depth map must agree
 
 
 def _to_2d(t: torch.Tensor) -> torch.Tensor:
