@@ -23,8 +23,10 @@ __all__ = ["WorldStereo", "GenerationResult", "DEFAULT_SPATIAL_MEMORY", "DEFAULT
 #: Spatial-Stereo memory defaults of the model: one entry per 16x16 patch, its colours pooled to a
 #: 4x4 grid (48 features) and tied to the 3D points of its four quadrant centres.
 DEFAULT_SPATIAL_MEMORY = {"memory_size": 16384, "feature_dim": 48, "num_correspondences": 4, "attention_window": 16}
-DEFAULT_GLOBAL_MEMORY = {"max_points": 2_000_000, "merge_threshold": 0.005}
+#: Global memory defaults: one feature per point holds its confidence (1 = observed, lower = invented).
+DEFAULT_GLOBAL_MEMORY = {"max_points": 2_000_000, "merge_threshold": 0.005, "feature_dim": 1}
 PATCH = 16
+SEEN_CONFIDENCE = 0.5
 CONFIG_NAME = "config.json"
 
 
@@ -33,7 +35,9 @@ class GenerationResult:
     """Output of :meth:`WorldStereo.generate` for T frames.
 
     frames (T,3,H,W) in [0,1]; depth (T,H,W) (0 = unknown); confidence (T,H,W) in [0,1];
-    holes (T,H,W) bool, the pixels the backbone invented (neither memory knew them);
+    holes (T,H,W) bool, the pixels the backbone invented in that frame (neither memory knew them);
+    :attr:`seen` (T,H,W) bool, the pixels that go back to an observation (confidence >= 0.5),
+    not to content invented in an earlier frame;
     prior (T,3,H,W), what the memories alone gave (the backbone's structural input);
     cameras, the trajectory.
     """
@@ -44,6 +48,10 @@ class GenerationResult:
     holes: torch.Tensor
     prior: torch.Tensor
     cameras: CameraTrajectory
+
+    @property
+    def seen(self) -> torch.Tensor:
+        return self.confidence >= SEEN_CONFIDENCE
 
 
 def _as_trajectory(trajectory) -> CameraTrajectory:
@@ -160,12 +168,18 @@ class WorldStereo(torch.nn.Module):
             colors.append(c)
         if not points or sum(len(p) for p in points) == 0:
             raise EmptyMemoryError("Nothing to start the memory from: give a depth map with valid pixels or a point cloud.")
-        self.global_memory.initialize(torch.cat(points), colors=torch.cat(colors))
+        points, colors = torch.cat(points), torch.cat(colors)
+        self.global_memory.initialize(points, colors=colors, features=self._confidence_features(torch.ones(len(points), device=self.device)))
         self.remember_frames(image[None], depth[None] if depth is not None else None, CameraTrajectory(camera.as_batch()))
 
-    def update_geometric_memory(self, frames: torch.Tensor, depths: torch.Tensor, cameras, mask: torch.Tensor | None = None):
+    def _confidence_features(self, confidence: torch.Tensor) -> torch.Tensor | None:
+        """Per-point features (N,1) holding the confidence when the Global memory has feature_dim 1."""
+        return confidence[:, None] if self.global_memory.feature_dim == 1 else None
+
+    def update_geometric_memory(self, frames: torch.Tensor, depths: torch.Tensor, cameras, mask: torch.Tensor | None = None, confidence: torch.Tensor | None = None):
         """Lift frames (T,3,H,W) with depths (T,H,W) into the Global memory; ``mask`` (T,H,W) selects pixels.
 
+        ``confidence`` (T,H,W) is stored per point when the memory has ``feature_dim=1`` (default 1).
         Returns the last UpdateResult (num_added, num_merged, total_points).
         """
         cams = _as_trajectory(cameras)
@@ -177,7 +191,10 @@ class WorldStereo(torch.nn.Module):
             if mask is not None:
                 keep &= mask[t].to(self.device, torch.bool)
             if bool(keep.any()):
-                result = self.global_memory.update(unproject(depths[t], cam)[keep], camera_pose=cam, colors=frames[t].permute(1, 2, 0)[keep])
+                conf = torch.ones_like(depths[t]) if confidence is None else confidence[t].to(self.device)
+                result = self.global_memory.update(
+                    unproject(depths[t], cam)[keep], camera_pose=cam, colors=frames[t].permute(1, 2, 0)[keep], features=self._confidence_features(conf[keep])
+                )
         return result
 
     def extract_features(self, frames: torch.Tensor, depths: torch.Tensor | None = None, cameras=None, confidence: torch.Tensor | None = None) -> dict:
@@ -309,7 +326,7 @@ class WorldStereo(torch.nn.Module):
             prior[idx] = out.extras.get("prior", out.frames).to(self.device)
             chunk_traj = CameraTrajectory(cams)
             if use_geometric_memory and out.depth is not None:
-                self.update_geometric_memory(frames[idx], depths[idx], chunk_traj, out.new_pixels)
+                self.update_geometric_memory(frames[idx], depths[idx], chunk_traj, out.new_pixels, conf[idx])
             if use_spatial_memory:
                 self.remember_frames(frames[idx], depths[idx] if out.depth is not None else None, chunk_traj, conf[idx])
             if progress_callback is not None:

@@ -33,7 +33,7 @@ from ..errors import ConfigError, check_choice
 from ..geometry import complete_depth, project, render_points, unproject
 from .base import Backbone, ChunkInputs, ChunkOutputs
 
-__all__ = ["GeometricBackbone", "inpaint_background", "INPAINT_METHODS"]
+__all__ = ["GeometricBackbone", "inpaint_background", "pixel_centre_depth", "INPAINT_METHODS"]
 
 INPAINT_METHODS = ("auto", "telea", "ns", "fsr_fast", "fsr_best")
 
@@ -41,6 +41,50 @@ INPAINT_METHODS = ("auto", "telea", "ns", "fsr_fast", "fsr_best")
 def _maxpool(x: torch.Tensor, size: int) -> torch.Tensor:
     """Max filter (H,W) with a size x size window."""
     return F.max_pool2d(x[None, None], size, stride=1, padding=size // 2)[0, 0]
+
+
+def pixel_centre_depth(points: torch.Tensor, index: torch.Tensor, camera: CameraParameters, tolerance: float = 0.01, reach: float = 1.5):
+    """Depth (H,W) at the pixel centres from a radius-1 point render (0 where no point is near),
+    and the row of the point whose surface each pixel takes (H,W) long (-1: none).
+
+    A rendered pixel holds the point that won its z-test, which projects anywhere inside it. Each
+    pixel centre instead takes the surface of the nearest projection among the 3x3 neighbourhood's
+    winners (within ``reach`` pixels): silhouettes fall halfway between the samples of the two
+    surfaces, and one-pixel cracks close. Inverse depth is affine in image coordinates on a plane,
+    so a plane fitted to 1/z of that surface's neighbours (within ``tolerance``) at their exact
+    projections gives the depth at the centre. ``points`` (N,3) world; ``index`` (H,W) rows of
+    ``points`` (-1: empty).
+    """
+    H, W = index.shape
+    valid = index >= 0
+    uv, z = project(points[index.clamp(min=0).reshape(-1)], camera)
+    uv, z = uv.reshape(H, W, 2), z.reshape(H, W)
+    grid = torch.stack(torch.meshgrid(torch.arange(H, device=z.device), torch.arange(W, device=z.device), indexing="ij")[::-1], -1)
+    offset = torch.where(valid[..., None], uv - grid.to(uv), 0.0)  # (H,W,2): projection - pixel centre
+    inv = torch.where(valid, 1.0 / z.clamp(min=1e-6), 0.0)
+    feats = torch.stack([offset[..., 0], offset[..., 1], inv, valid.to(inv.dtype)])[None]  # (1,4,H,W)
+    nb = F.unfold(F.pad(feats, (1, 1, 1, 1)), 3).reshape(4, 9, H, W)  # neighbour k of each pixel
+    rows = F.unfold(F.pad(index[None, None].double(), (1, 1, 1, 1), value=-1), 3).reshape(9, H, W).long()
+    shifts = torch.tensor([(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=uv.dtype, device=uv.device)
+    du = nb[0] + shifts[:, 0, None, None]  # neighbour's projection relative to this pixel's centre
+    dv = nb[1] + shifts[:, 1, None, None]
+    has = nb[3] > 0
+    dist2 = torch.where(has, du * du + dv * dv, torch.inf)
+    nearest = dist2.argmin(0, keepdim=True)
+    covered = dist2.gather(0, nearest)[0] <= reach * reach
+    ref_inv = nb[2].gather(0, nearest)[0]
+    same = has & ((nb[2] - ref_inv).abs() <= tolerance * ref_inv)
+    w = same.to(uv.dtype)
+    # weighted least squares for 1/z = a + b du + c dv: 3x3 normal equations per pixel
+    A = torch.stack([torch.ones_like(du), du, dv])  # (3,9,H,W)
+    M = torch.einsum("ikhw,jkhw,khw->hwij", A, A, w) + 1e-4 * torch.diag(torch.tensor([0.0, 1.0, 1.0], device=uv.device, dtype=uv.dtype))
+    rhs = torch.einsum("ikhw,khw,khw->hwi", A, nb[2], w)
+    enough = w.sum(0) >= 4
+    M = torch.where(enough[..., None, None], M, torch.eye(3, device=uv.device, dtype=uv.dtype))
+    a = torch.linalg.solve(M, torch.where(enough[..., None], rhs, 0.0)[..., None])[..., 0, 0]
+    fitted = torch.where(enough, a, ref_inv).clamp(min=ref_inv * (1 - tolerance), max=ref_inv * (1 + tolerance))
+    chosen = torch.where(covered, rows.gather(0, nearest)[0], -1)
+    return torch.where(covered, 1.0 / fitted.clamp(min=1e-12), 0.0), chosen
 
 
 def _cv2():
@@ -120,8 +164,10 @@ class GeometricBackbone(Backbone):
         "inpaint": "auto",  # auto (= fsr_fast with opencv-contrib, else telea) | telea | ns | fsr_fast | fsr_best
         "inpaint_radius": 5,
         "background_band": 6,  # pixels around a hole whose foreground is not used as a source
-        "memory_confidence": 0.7,  # confidence of a pixel only the Global memory covers
-        "inpainted_confidence": 0.3,  # confidence of an inpainted pixel
+        "trust_margin": 0.05,  # sources within this confidence of the most trusted one blend
+        "transfer_decay": 0.9,  # confidence of a transferred pixel = its sources' x this
+        "memory_confidence": 0.7,  # a pixel only the Global memory covers: its point's confidence x this
+        "inpainted_confidence": 0.2,  # confidence of an inpainted pixel
     }
 
     def __init__(self, config: dict | None = None):
@@ -154,27 +200,28 @@ class GeometricBackbone(Backbone):
         H, W = cam.height, cam.width
         cfg = self.config
         refs = self._references(inputs, cam)
-        known_depth, known_rgb, known = self._geometry(inputs, t, refs, cam)
+        known_depth, known_rgb, known, known_trust = self._geometry(inputs, t, refs, cam)
         if not bool(known.any()):
             depth_full = torch.full((H, W), self._fallback_depth(inputs, cam), device=cam.device)
         else:
             depth_full = complete_depth(known_depth, known)
-        hyps = torch.stack([-_maxpool(-depth_full, 3), depth_full, _maxpool(depth_full, 3)])  # near, own, far
+        hyps = torch.stack([depth_full, -_maxpool(-depth_full, 3), _maxpool(depth_full, 3)])  # own, near, far
         rgb = torch.zeros(3, H, W, device=cam.device)
         conf = torch.zeros(H, W, device=cam.device)
         depth = depth_full.clone()
-        done = torch.zeros(H, W, dtype=torch.bool, device=cam.device)
-        for d in hyps:  # the nearest hypothesis a reference confirms wins
-            colour, confidence, ok = self._transfer(d, cam, refs)
-            take = ok & ~done
+        best = torch.full((H, W), 0.5, device=cam.device)  # a hypothesis needs support > 0.5
+        for d in hyps:  # the best-supported hypothesis wins; ties go to the earlier one
+            colour, confidence, support = self._transfer(d, cam, refs)
+            take = support > best + 0.05
             rgb = torch.where(take[None], colour, rgb)
             conf = torch.where(take, confidence, conf)
             depth = torch.where(take, d, depth)
-            done |= take
+            best = torch.where(take, support, best)
+        done = best > 0.5
         from_memory = known & ~done
         rgb = torch.where(from_memory[None], known_rgb, rgb)
         depth = torch.where(from_memory, known_depth, depth)
-        conf = torch.where(from_memory, torch.full_like(conf, cfg["memory_confidence"]), conf)
+        conf = torch.where(from_memory, known_trust * cfg["memory_confidence"], conf)
         hole = ~(done | known)
         prior = rgb.clone()
         rgb = inpaint_background(rgb, hole, depth, method=cfg["inpaint"], radius=cfg["inpaint_radius"], band=cfg["background_band"])
@@ -183,7 +230,7 @@ class GeometricBackbone(Backbone):
 
     # ------------------------------------------------------------------------------------------
     def _references(self, inputs: ChunkInputs, cam: CameraParameters) -> list[dict]:
-        """Up to ``num_references`` stored views with pixel data, best first."""
+        """Up to ``num_references`` stored views with pixel data, best first, plus the first view."""
         ssm = inputs.spatial_memory
         if not inputs.use_spatial_memory or not ssm.views:
             return []
@@ -191,28 +238,34 @@ class GeometricBackbone(Backbone):
         if not usable:
             return []
         scores = ssm.view_scores(cam)[0]  # (V,)
-        order = sorted(usable, key=lambda i: (-float(scores[i]), i))
-        return [ssm.views[i] for i in order[: self.config["num_references"]]]
+        order = sorted(usable, key=lambda i: (-float(scores[i]), i))[: self.config["num_references"]]
+        if usable[0] not in order and float(scores[usable[0]]) > 0:
+            order.append(usable[0])  # the first view (the condition image) is the most trusted source
+        return [ssm.views[i] for i in order]
 
     def _geometry(self, inputs: ChunkInputs, t: int, refs: list[dict], cam: CameraParameters):
-        """Sparse depth (H,W), colours (3,H,W) and coverage (H,W) bool of what the memories hold."""
-        if inputs.use_geometric_memory and inputs.renders is not None:
-            r = inputs.renders
-            return r.depth[t], r.rgb[t], r.mask[t]
+        """Depth (H,W), colours (3,H,W), coverage (H,W) bool and stored confidence (H,W) of what the memories hold."""
         if inputs.use_geometric_memory and len(inputs.global_memory):
-            out = inputs.global_memory.render(cam, radius=1)
-            return out.depth[0], out.rgb[0], out.mask[0]
+            r = inputs.renders if inputs.renders is not None else inputs.global_memory.render(cam, radius=1)
+            t = t if inputs.renders is not None else 0
+            mem = inputs.global_memory
+            depth, rows = pixel_centre_depth(mem.points, r.index[t], cam)
+            trust = mem.features[rows.clamp(min=0), 0] if mem.feature_dim == 1 else torch.ones_like(depth)
+            return depth, mem.colors[rows.clamp(min=0)].permute(2, 0, 1), depth > 0, trust
         # no Global memory: splat the reference views' own depth maps instead
         H, W = cam.height, cam.width
         if not refs:
-            return torch.zeros(H, W, device=cam.device), torch.zeros(3, H, W, device=cam.device), torch.zeros(H, W, dtype=torch.bool, device=cam.device)
+            zero = torch.zeros(H, W, device=cam.device)
+            return zero, torch.zeros(3, H, W, device=cam.device), zero.bool(), zero
         pts, cols = [], []
         for ref in refs:
             valid = ref["depth"] > 0
             pts.append(unproject(ref["depth"], ref["camera"])[valid])
             cols.append(ref["image"].permute(1, 2, 0)[valid])
-        out = render_points(torch.cat(pts), torch.cat(cols), cam, radius=1)
-        return out.depth[0], out.rgb[0], out.mask[0]
+        pts, cols = torch.cat(pts), torch.cat(cols)
+        out = render_points(pts, cols, cam, radius=1)
+        depth, rows = pixel_centre_depth(pts, out.index[0], cam)
+        return depth, cols[rows.clamp(min=0)].permute(2, 0, 1), depth > 0, torch.ones_like(depth)
 
     def _fallback_depth(self, inputs: ChunkInputs, cam: CameraParameters) -> float:
         """A constant depth for a frame that sees nothing known: median distance of the memory."""
@@ -223,34 +276,53 @@ class GeometricBackbone(Backbone):
         return 1.0
 
     def _transfer(self, depth: torch.Tensor, cam: CameraParameters, refs: list[dict]):
-        """Colours (3,H,W), confidence (H,W) and confirmed (H,W) bool of the surface at ``depth``."""
+        """Colours (3,H,W), confidence (H,W) and support (H,W) in [0,1] of the surface at ``depth``.
+
+        The support is the fraction of the used references' bilinear taps that see the point (1:
+        clearly visible, about 0.5: on a silhouette of the reference, 0: not seen); it scales the
+        confidence.
+        """
         H, W = depth.shape
         if not refs:
             zero = torch.zeros(H, W, device=depth.device)
-            return torch.zeros(3, H, W, device=depth.device), zero, zero.bool()
+            return torch.zeros(3, H, W, device=depth.device), zero, zero
         tol, sigma = self.config["depth_tolerance"], math.radians(self.config["angle_sigma"])
         X = unproject(depth, cam).reshape(-1, 3)  # (N,3)
         to_target = F.normalize(cam.position.reshape(1, 3).to(X) - X, dim=1)
-        num = torch.zeros(X.shape[0], 3, device=X.device)
-        den = torch.zeros(X.shape[0], device=X.device)
-        conf_num = torch.zeros_like(den)
-        confirmed = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
+        samples = []
         for ref in refs:
-            colour, visible, conf = _sample_visible(ref, X, tol)
+            colour, visible, conf, uv = _sample_visible(ref, X, tol)
             to_ref = F.normalize(ref["camera"].position.reshape(1, 3).to(X) - X, dim=1)
             angle = torch.acos((to_target * to_ref).sum(1).clamp(-1, 1))
-            w = visible * conf * torch.exp(-0.5 * (angle / sigma) ** 2) + 1e-6 * visible
-            num += w[:, None] * colour
-            den += w
-            conf_num += w * conf
-            confirmed |= visible >= 0.5
-        rgb = (num / den.clamp(min=1e-12)[:, None]).T.reshape(3, H, W)
-        conf = (conf_num / den.clamp(min=1e-12)).reshape(H, W)
-        return rgb, conf, confirmed.reshape(H, W)
+            # a source that saw the surface at a lower resolution (foreshortened, farther) knows less
+            resolution = _area_scale(uv.reshape(H, W, 2)).reshape(-1).clamp(max=1.0)
+            samples.append((colour, visible, conf * resolution, torch.exp(-0.5 * (angle / sigma) ** 2)))
+        colours, visible, confs, angle_w = (torch.stack(x) for x in zip(*samples))  # (R,N,3), (R,N) ...
+        seen = visible >= 0.5
+        # only the most trusted sources blend (each transfer lowers trust, so resampling does not
+        # compound blur); among them, closer view angles weigh more
+        best = torch.where(seen, confs, -1.0).amax(0)
+        w = seen * (confs >= best - self.config["trust_margin"]) * (angle_w + 1e-6)
+        den = w.sum(0)
+        num = (w[..., None] * colours).sum(0)
+        norm = den.clamp(min=1e-12)
+        support = torch.where(den > 0, (w * visible).sum(0) / norm, 0.0)
+        rgb = (num / norm[:, None]).T.reshape(3, H, W)
+        conf = ((w * confs).sum(0) / norm * support).reshape(H, W) * self.config["transfer_decay"]
+        return rgb, conf, support.reshape(H, W)
+
+
+def _area_scale(uv: torch.Tensor) -> torch.Tensor:
+    """|det| of the Jacobian (H,W) of a map from target pixels to source positions uv (H,W,2):
+    source pixels per target pixel (< 1 where the source saw the surface at a lower resolution)."""
+    du = torch.cat([uv[:, 1:] - uv[:, :-1], uv[:, -1:] - uv[:, -2:-1]], 1)  # d/dx
+    dv = torch.cat([uv[1:] - uv[:-1], uv[-1:] - uv[-2:-1]], 0)  # d/dy
+    return (du[..., 0] * dv[..., 1] - du[..., 1] * dv[..., 0]).abs()
 
 
 def _sample_visible(ref: dict, X: torch.Tensor, tol: float):
-    """Colour (N,3), visible fraction (N,) in [0,1] and confidence (N,) of points X (N,3) in a view.
+    """Colour (N,3), visible fraction (N,) in [0,1], confidence (N,) and projections uv (N,2) of
+    points X (N,3) in a view.
 
     Four bilinear taps around each projection; a tap counts where the view's depth agrees with the
     point's depth within ``tol`` (relative). Colours are the bilinear mix of the counting taps.
@@ -278,4 +350,4 @@ def _sample_visible(ref: dict, X: torch.Tensor, tol: float):
         weight += w
         conf += w * (1.0 if flat_conf is None else flat_conf[idx])
     norm = weight.clamp(min=1e-12)
-    return colour / norm[:, None], weight, conf / norm
+    return colour / norm[:, None], weight, conf / norm, uv

@@ -1,0 +1,332 @@
+"""The seed API: ``generate_video``, ``generate_multi_view``, ``reconstruct_3d`` and ``WorldStereoPipeline``.
+
+Every argument is checked before any work starts (typed errors from :mod:`ws_engine.errors`);
+outputs are written atomically, after generation, so an interrupted run writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cameras import CameraParameters, CameraTrajectory
+from .errors import ConfigError, OutputPathError, ShapeMismatchError, check_choice
+from .model import WorldStereo
+
+__all__ = ["generate_video", "generate_multi_view", "reconstruct_3d", "WorldStereoPipeline", "OUTPUT_FORMATS", "load_condition_image"]
+
+OUTPUT_FORMATS = ("tensor", "numpy", "pil", "video")
+VIDEO_SUFFIXES = (".mp4",)
+GRID_SUFFIXES = (".png",)
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------------------
+def _as_model(model) -> WorldStereo:
+    if isinstance(model, WorldStereo):
+        return model
+    if isinstance(model, WorldStereoPipeline):
+        return model.model
+    if isinstance(model, (str, os.PathLike)):
+        return WorldStereo.from_pretrained(model, device="cpu")
+    raise ConfigError(f"model must be a WorldStereo, a WorldStereoPipeline, 'geometric' or a model folder, got {type(model).__name__}.")
+
+
+def _as_trajectory(trajectory, fps=None) -> CameraTrajectory:
+    if isinstance(trajectory, CameraTrajectory):
+        return trajectory
+    if isinstance(trajectory, CameraParameters):
+        return CameraTrajectory(trajectory.as_batch())
+    if isinstance(trajectory, (str, os.PathLike, dict)):
+        from .trajectory_io import load_trajectory
+
+        return load_trajectory(trajectory, fps=fps)
+    raise ShapeMismatchError(
+        f"camera_trajectory must be a CameraTrajectory, a trajectory file or a dict, got {type(trajectory).__name__}; "
+        "build one with e.g. CameraTrajectory.forward(distance=2.0, num_frames=16)."
+    )
+
+
+def _check_size(trajectory: CameraTrajectory, num_frames, height, width, multiple: int) -> CameraTrajectory:
+    """The trajectory at (height, width), after checking num_frames and divisibility."""
+    if num_frames is not None:
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ConfigError(f"num_frames must be a positive integer, got {num_frames!r}.")
+        if num_frames != len(trajectory):
+            raise ShapeMismatchError(
+                f"num_frames={num_frames} but the camera trajectory has {len(trajectory)} frames; pass num_frames={len(trajectory)}, "
+                f"or resample the trajectory with trajectory.resample({num_frames})."
+            )
+    H = trajectory.height if height is None else height
+    W = trajectory.width if width is None else width
+    for name, value in (("height", H), ("width", W)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 16:
+            raise ConfigError(f"{name} must be an integer of at least 16 pixels, got {value!r}.")
+    if H % multiple or W % multiple:
+        fix = f"{H // multiple * multiple}x{W // multiple * multiple}"
+        raise ShapeMismatchError(f"height and width must be divisible by {multiple} for this model, got {H}x{W}; use e.g. {fix}.")
+    if trajectory.model != "pinhole":
+        raise ConfigError("The target trajectory must be of perspective (pinhole) cameras.")
+    return trajectory if (H, W) == (trajectory.height, trajectory.width) else trajectory.rescale(W, H)
+
+
+def _check_output(output_format: str, save_path) -> Path | None:
+    check_choice("output format", output_format, OUTPUT_FORMATS)
+    if save_path is None:
+        if output_format == "video":
+            raise OutputPathError("output_format='video' writes an MP4: pass save_path='.../name.mp4'.")
+        return None
+    path = Path(save_path)
+    allowed = VIDEO_SUFFIXES if output_format == "video" else VIDEO_SUFFIXES + GRID_SUFFIXES
+    if path.suffix.lower() not in allowed:
+        raise OutputPathError(f"save_path {str(path)!r} must end with {' or '.join(allowed)} (an MP4 video, or a PNG grid of the frames).")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"The folder of save_path does not exist: {str(path.parent)!r}; create it first or choose another path.")
+    if path.is_dir():
+        raise OutputPathError(f"save_path {str(path)!r} is a folder; give a file name such as {str(path / 'video.mp4')!r}.")
+    return path
+
+
+def load_condition_image(condition_image, height: int, width: int) -> torch.Tensor:
+    """The condition image (path, PIL, numpy or tensor) as (3,height,width) in [0,1]."""
+    from .io import load_image
+
+    image = load_image(condition_image)
+    h, w = image.shape[-2:]
+    if (h, w) != (height, width):
+        if abs(w / h - width / height) > 0.01 * width / height:
+            warnings.warn(
+                f"The condition image is {w}x{h} but the trajectory is {width}x{height} (another aspect ratio); it is stretched. "
+                "Crop the image to the trajectory's aspect ratio, or build the trajectory at the image's size.",
+                stacklevel=3,
+            )
+        image = F.interpolate(image[None], size=(height, width), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+    return image
+
+
+def _point_cloud(point_cloud):
+    if isinstance(point_cloud, (str, os.PathLike)):
+        from .io import load_point_cloud
+
+        return load_point_cloud(point_cloud)
+    return point_cloud
+
+
+def _generator(seed, device) -> torch.Generator:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an integer or None, got {seed!r}.")
+    g = torch.Generator(device=device)
+    g.manual_seed(int(torch.randint(0, 2**62, (1,))) if seed is None else seed)
+    return g
+
+
+def _format(video: torch.Tensor, output_format: str, save_path: Path | None, fps: float):
+    """Write ``save_path`` (if any) and convert frames (T,3,H,W) to ``output_format``."""
+    from .io import save_frame_grid, save_video
+
+    video = video.detach().float().cpu().clamp(0, 1)
+    if save_path is not None:
+        if save_path.suffix.lower() in VIDEO_SUFFIXES:
+            save_video(save_path, video, fps=fps)
+        else:
+            save_frame_grid(save_path, video)
+    if output_format == "video":
+        return str(save_path)
+    if output_format == "numpy":
+        return video.permute(0, 2, 3, 1).numpy()
+    if output_format == "pil":
+        from PIL import Image
+
+        arrays = (video.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        return [Image.fromarray(a) for a in arrays]
+    return video
+
+
+# ----------------------------------------------------------------------------------------------
+# the seed API
+# ----------------------------------------------------------------------------------------------
+def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps):
+    """Checked inputs: model, trajectory, image (3,H,W), depth (H,W) | None, point cloud, generator."""
+    from .depth import resolve_depth
+
+    model = _as_model(model)
+    traj = _as_trajectory(camera_trajectory, fps)
+    traj = _check_size(traj, num_frames, height, width, model.backbone.size_multiple)
+    generator = _generator(seed, "cpu")
+    image = load_condition_image(condition_image, traj.height, traj.width).to(model.device)
+    cloud = _point_cloud(point_cloud)
+    if depth is None and depth_model is None and cloud is not None:
+        depth_map = None  # the point cloud alone starts the memory
+    else:
+        depth_map = resolve_depth(
+            image, traj[0], depth=depth, depth_kind=depth_kind, depth_scale=depth_scale, depth_model=depth_model, device=model.device
+        )
+    return model, traj, image, depth_map, cloud, generator
+
+
+def generate_video(
+    model,
+    condition_image,
+    camera_trajectory,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    point_cloud=None,
+    use_geometric_memory: bool = True,
+    use_spatial_memory: bool = True,
+    seed: int | None = None,
+    output_format: str = "tensor",
+    save_path=None,
+    progress_callback=None,
+    *,
+    depth=None,
+    depth_kind: str = "depth",
+    depth_scale: float = 1.0,
+    depth_model=None,
+    prompt: str = "",
+    fps: float | None = None,
+    reset_memory: bool = True,
+    return_result: bool = False,
+):
+    """Generate a video along ``camera_trajectory`` from one condition image (the view of its frame 0).
+
+    Args:
+        model: a WorldStereo, a WorldStereoPipeline, ``"geometric"`` or a model folder.
+        condition_image: path, PIL image, numpy (H,W,3) or tensor (3,H,W) in [0,1].
+        camera_trajectory: CameraTrajectory, or a trajectory file / dict in any supported format.
+        num_frames: must equal the trajectory's length (None: take it).
+        height, width: output size (None: the trajectory's); the trajectory's intrinsics are
+            rescaled and the image resized to it.
+        num_inference_steps, guidance_scale: sampler settings of neural backbones.
+        point_cloud: (N,6) xyz+rgb, a dict with points/colors, or a point-cloud file; added to the
+            Global memory (world = frame 0's world).
+        use_geometric_memory, use_spatial_memory: the two memories' switches.
+        seed: same seed and inputs give identical frames (None: random).
+        output_format: ``tensor`` (T,3,H,W), ``numpy`` (T,H,W,3), ``pil`` (list), ``video`` (the
+            path written; needs ``save_path``).
+        save_path: an ``.mp4`` (H.264) or ``.png`` (frame grid) written after generation.
+        progress_callback: ``progress_callback(step, total, latent)`` after every chunk; raising
+            ``GenerationCancelled`` stops the run with the memories consistent.
+        depth: the condition image's depth: array/tensor/image file (see :mod:`ws_engine.depth`),
+            ``depth_kind`` ``"depth"`` or ``"disparity"``, multiplied by ``depth_scale``.
+        depth_model: a transformers depth-estimation model id or folder, used when ``depth`` is None.
+        reset_memory: False continues the model's memories (a further trajectory of the scene).
+        return_result: also return the :class:`GenerationResult` (depths, confidences, holes).
+    """
+    save = _check_output(output_format, save_path)
+    model, traj, image, depth_map, cloud, generator = _prepare(
+        model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps
+    )
+    result = model.generate(
+        image, traj, depth=depth_map, point_cloud=cloud, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        use_geometric_memory=use_geometric_memory, use_spatial_memory=use_spatial_memory, generator=generator,
+        progress_callback=progress_callback, prompt=prompt, reset_memory=reset_memory,
+    )  # fmt: skip
+    video = _format(result.frames, output_format, save, traj.fps)
+    return (video, result) if return_result else video
+
+
+def generate_multi_view(model, condition_image, camera_trajectories, shared_memory: bool = True, **kwargs) -> list:
+    """One video per trajectory (all starting at the condition image's camera).
+
+    ``shared_memory=True`` grows one memory across the trajectories, so a later one sees what an
+    earlier one made; ``False`` starts every trajectory from the condition image alone. Other
+    keyword arguments are those of :func:`generate_video`; ``save_path`` may be a list (one per
+    trajectory) and ``num_frames`` is taken from each trajectory.
+    """
+    trajectories = list(camera_trajectories) if not isinstance(camera_trajectories, CameraTrajectory) else [camera_trajectories]
+    if not trajectories:
+        raise ConfigError("camera_trajectories is empty; pass at least one trajectory.")
+    if "reset_memory" in kwargs or "num_frames" in kwargs:
+        raise ConfigError("generate_multi_view sets reset_memory and num_frames itself (use shared_memory=...).")
+    save_paths = kwargs.pop("save_path", None)
+    if not isinstance(save_paths, (list, tuple)):
+        save_paths = [save_paths] * len(trajectories) if save_paths is None else None
+    if save_paths is None or len(save_paths) != len(trajectories):
+        raise OutputPathError("generate_multi_view needs save_path as a list with one path per trajectory (or None).")
+    for path in save_paths:
+        _check_output(kwargs.get("output_format", "tensor"), path)
+    model = _as_model(model)
+    return [
+        generate_video(model, condition_image, traj, save_path=path, reset_memory=(i == 0 or not shared_memory), **kwargs)
+        for i, (traj, path) in enumerate(zip(trajectories, save_paths))
+    ]
+
+
+def reconstruct_3d(
+    model,
+    condition_image,
+    camera_trajectory,
+    reconstruction_method: str = "point_cloud",
+    *,
+    reconstruction_options: dict | None = None,
+    **kwargs,
+):
+    """Generate along the trajectory, then reconstruct the scene; returns ``(video, reconstruction)``.
+
+    ``reconstruction_method``: ``point_cloud`` (the fused Global memory, outliers removed,
+    normals), ``mesh`` (TSDF fusion + marching cubes, vertex colours) or ``neural_field``.
+    The reconstruction has ``points``, ``colors``, ``normals``, ``mesh`` (for "mesh") and
+    ``quality_metrics``. Other keyword arguments are those of :func:`generate_video`.
+    """
+    from .reconstruction import RECONSTRUCTION_METHODS, reconstruct
+
+    check_choice("reconstruction method", reconstruction_method, RECONSTRUCTION_METHODS)
+    model = _as_model(model)
+    kwargs["return_result"] = True
+    video, result = generate_video(model, condition_image, camera_trajectory, **kwargs)
+    memory = model.global_memory if kwargs.get("use_geometric_memory", True) else None
+    rec = reconstruct(
+        result.frames, result.depth, result.cameras, reconstruction_method, memory=memory, confidences=result.confidence,
+        **(reconstruction_options or {}),
+    )  # fmt: skip
+    return video, rec
+
+
+class WorldStereoPipeline:
+    """A model plus the three seed functions as methods.
+
+    Args:
+        model_path: ``"geometric"`` (training-free, no weights) or a model folder.
+        device: ``"cuda"`` without CUDA falls back to the CPU with one warning.
+        torch_dtype: weights dtype of neural backbones (float32, float16, bfloat16).
+        enable_xformers: use xformers attention (neural backbones; needs the xformers extra).
+        enable_cpu_offload: keep weights on the CPU until a module runs (neural backbones).
+    """
+
+    def __init__(self, model_path="geometric", device="cuda", torch_dtype=torch.float32, enable_xformers=False, enable_cpu_offload=False):
+        from .optimization import enable_model_cpu_offload, enable_xformers_memory_efficient_attention
+
+        if torch_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ConfigError(f"torch_dtype must be torch.float32, torch.float16 or torch.bfloat16, got {torch_dtype!r}.")
+        self.torch_dtype = torch_dtype
+        self.model = WorldStereo.from_pretrained(model_path, device=device)
+        if enable_xformers:
+            enable_xformers_memory_efficient_attention(self.model)
+        if enable_cpu_offload:
+            enable_model_cpu_offload(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def generate_video(self, condition_image, camera_trajectory, *args, **kwargs):
+        """:func:`generate_video` with this pipeline's model."""
+        return generate_video(self.model, condition_image, camera_trajectory, *args, **kwargs)
+
+    def generate_multi_view(self, condition_image, camera_trajectories, shared_memory: bool = True, **kwargs) -> list:
+        """:func:`generate_multi_view` with this pipeline's model."""
+        return generate_multi_view(self.model, condition_image, camera_trajectories, shared_memory, **kwargs)
+
+    def reconstruct_3d(self, condition_image, camera_trajectory, reconstruction_method: str = "point_cloud", **kwargs):
+        """:func:`reconstruct_3d` with this pipeline's model."""
+        return reconstruct_3d(self.model, condition_image, camera_trajectory, reconstruction_method, **kwargs)
+
