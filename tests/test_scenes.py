@@ -20,12 +20,17 @@ def room() -> ProceduralRoom:
     return ProceduralRoom()
 
 
+FRAMES = [0, 3, 6, 9, 12, 15]  # rendered frames of the default trajectory (the first and the last among them)
+
+
 @pytest.fixture(scope="module")
 def orbit(room):
-    """The default trajectory at the demo's size, rendered once: (trajectory, images, depths)."""
+    """The default trajectory at the demo's size (16 frames, 512x512) and renders of ``FRAMES`` of it:
+    (trajectory, cameras of FRAMES, images, depths)."""
     traj = room.trajectory()
-    images, depths = room.render(traj)
-    return traj, images, depths
+    cameras = traj[FRAMES]
+    images, depths = room.render(cameras)
+    return traj, cameras, images, depths
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -70,7 +75,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # exact geometry ---------------------------------------------------------------------------------
 def test_rendered_depth_lies_on_the_surfaces(room, orbit):
-    traj, _, depths = orbit
+    _, traj, _, depths = orbit
     for i in (0, len(traj) - 1):
         points = unproject(depths[i], traj[i]).reshape(-1, 3)
         assert room.distance_to_surface(points).max() < 1e-4
@@ -143,7 +148,7 @@ def test_sample_surface_points_normals_and_area_weighting(room):
 # appearance ---------------------------------------------------------------------------------------
 def test_trajectory_frames_match_frame0_warped_by_true_depth(orbit):
     """The property the demo relies on: bilinear resampling of frame 0 scores >= 35 dB where it sees."""
-    traj, images, depths = orbit
+    _, traj, images, depths = orbit
     for i in range(1, len(traj)):
         color, seen = warp_from(images[0], depths[0], traj[0], depths[i], traj[i])
         assert seen.float().mean() > 0.7  # most of each frame was seen by the first camera
@@ -151,7 +156,7 @@ def test_trajectory_frames_match_frame0_warped_by_true_depth(orbit):
     assert seen.float().mean() < 0.95  # the orbit uncovers what frame 0 did not see (holes to fill)
     # the check can fail: an image with texture finer than a pixel does not survive the warp
     noise = torch.rand(3, *depths.shape[-2:], generator=torch.Generator().manual_seed(0))
-    color, seen = warp_from(noise, depths[0], traj[0], depths[8], traj[8])
+    color, seen = warp_from(noise, depths[0], traj[0], depths[3], traj[3])
     assert psnr(color[:, seen], noise.reshape(3, -1)[:, seen]) < 20.0
 
 
@@ -160,9 +165,11 @@ def test_texture_is_band_limited_away_from_silhouettes(room):
     grad = texture_gradient(image[0])
     smooth = grad[~depth_discontinuities(depth[0])]
     assert len(smooth) > 0.95 * grad.numel()
-    assert (smooth > 0.03).float().mean() < 0.025  # colour changes by < 0.03 per pixel almost everywhere
-    assert (smooth > 0.06).float().mean() < 0.004
-    assert smooth.max() < 0.25  # the steepest: box faces and room corners seen at grazing angles
+    assert smooth.median() < 0.01
+    assert smooth.quantile(0.95) < 0.03  # colour changes by less than 0.03 per pixel nearly everywhere
+    # the steepest: creases and box tops seen at grazing angles, where a pixel spans a long stretch
+    assert (smooth > 0.06).float().mean() < 0.015
+    assert smooth.max() < 0.25
     # the helper flags what it should: silhouettes have large colour steps
     assert grad[depth_discontinuities(depth[0])].max() > 0.3
 

@@ -1,0 +1,310 @@
+"""The ``worldstereo`` command: demo, generate, reconstruct, trajectory.
+
+Progress goes to a tqdm bar on stderr, or with ``--progress json`` to one JSON object per line on
+stdout (``{"event": "progress", ...}``, finally ``{"event": "result", ...}`` or
+``{"event": "error", ...}``) for programs that drive the command (the Blender add-on).
+Exit codes: 0 done, 2 bad input (a message says what to fix), 130 interrupted (no file is half-written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class Reporter:
+    """Progress and results as a tqdm bar (``bar``), JSON lines (``json``) or nothing (``none``)."""
+
+    def __init__(self, mode: str):
+        self.mode, self._bar, self._stage = mode, None, ""
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self.close()
+        self._stage = name
+        if self.mode == "json":
+            self.emit(event="stage", stage=name, total=total)
+        elif self.mode == "bar" and total:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=name, unit="frame", file=sys.stderr, leave=True)
+        elif self.mode == "bar":
+            print(f"{name}...", file=sys.stderr, flush=True)
+
+    def __call__(self, step: int, total: int, latent=None) -> None:
+        if self.mode == "json":
+            self.emit(event="progress", stage=self._stage, step=int(step), total=int(total))
+        elif self._bar is not None:
+            self._bar.total = total
+            self._bar.n = step
+            self._bar.refresh()
+
+    def emit(self, **fields) -> None:
+        if self.mode == "json":
+            print(json.dumps(fields), flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def done(self, files: dict, **extra) -> None:
+        self.close()
+        if self.mode == "json":
+            self.emit(event="result", files={k: str(v) for k, v in files.items()}, **extra)
+        elif self.mode == "bar":
+            for name, path in files.items():
+                print(f"{name:>12}: {path}")
+
+
+# ----------------------------------------------------------------------------------------------
+def _size(text: str) -> tuple[int, int]:
+    """``512`` -> (512, 512); ``480x768`` -> (480, 768) as (height, width)."""
+    try:
+        if "x" in text.lower():
+            h, w = text.lower().split("x")
+            return int(h), int(w)
+        return int(text), int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW (height x width), got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+    from .reconstruction import RECONSTRUCTION_METHODS
+    from .trajectory_io import TRAJECTORY_FORMATS
+
+    ap = argparse.ArgumentParser(prog="worldstereo", description="WorldStereo: camera-guided video generation with 3D geometric memories, and 3D reconstruction.")
+    ap.add_argument("--version", action="version", version=_version())
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--out", default=None, help="output folder")
+        p.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress display (json: one object per line)")
+        p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a warning)")
+
+    p = sub.add_parser("demo", help="the embedded default: generate and reconstruct a procedural room (no input, no weights)")
+    common(p)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-mesh", action="store_true", help="skip the TSDF mesh")
+
+    p = sub.add_parser("generate", help="generate a video from one image along a trajectory")
+    common(p)
+    p.add_argument("--image", required=True, help="condition image (the view of the trajectory's first camera)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--depth", help="depth map of the image: image file (8/16-bit PNG, TIFF, EXR) or .npy")
+    g.add_argument("--depth-model", help="transformers depth model id or folder (needs the neural extra)")
+    p.add_argument("--depth-kind", choices=("depth", "disparity"), default="depth")
+    p.add_argument("--depth-scale", type=float, default=1.0, help="depth = value x scale (disparity: depth = scale / value)")
+    p.add_argument("--point-cloud", help="a point cloud file (.ply, .npy, ...) added to the memory")
+    p.add_argument("--trajectory", default="orbit_left", help=f"a preset ({', '.join(PRESETS)}) or a trajectory file")
+    p.add_argument("--frames", type=int, default=None, help="frames of a preset (a file gives its own)")
+    p.add_argument("--size", type=_size, default=None, help="N or HxW; default: the trajectory file's, else the image's (long side <= 768)")
+    p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of a preset's camera (degrees)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reconstruct", choices=("none",) + RECONSTRUCTION_METHODS, default="point_cloud")
+
+    p = sub.add_parser("reconstruct", help="reconstruct a scene from a `generate` output folder")
+    common(p)
+    p.add_argument("--run", required=True, help="folder written by `worldstereo generate` (holds result.safetensors)")
+    p.add_argument("--method", choices=RECONSTRUCTION_METHODS, default="mesh")
+
+    p = sub.add_parser("trajectory", help="convert a trajectory between formats, or plot it")
+    p.add_argument("source", help="a trajectory file, or a preset name")
+    p.add_argument("--frames", type=int, default=16, help="frames of a preset")
+    p.add_argument("--size", type=_size, default=(512, 512), help="size of a preset's camera")
+    p.add_argument("--to", dest="fmt", choices=TRAJECTORY_FORMATS, default="worldstereo", help="output format")
+    p.add_argument("--out", help="write the trajectory here (a folder for colmap)")
+    p.add_argument("--plot", help="write a PNG with camera frustums (top and side views)")
+    return ap
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"worldstereo {__version__}"
+
+
+# ----------------------------------------------------------------------------------------------
+def cmd_demo(args, rep: Reporter) -> None:
+    from .demo import DEMO_FILES, run_demo
+
+    out = Path(args.out or "output/demo")
+    rep.stage("generate", args.frames)
+    metrics = run_demo(out, num_frames=args.frames, size=args.size, seed=args.seed, mesh=not args.no_mesh, device=args.device, progress_callback=rep)
+    files = {name: out / name for name in DEMO_FILES if (out / name).exists()}
+    summary = {"psnr_seen": metrics["psnr_seen"], "psnr": metrics["psnr"], "timings_s": metrics["timings_s"]}
+    if rep.mode == "bar":
+        print(f"PSNR against the exact scene: {metrics['psnr_seen']} dB where the memory saw it, {metrics['psnr']} dB overall")
+    rep.done(files, metrics=summary)
+
+
+def _preset_trajectory(name: str, frames: int, size, fov: float, scene_depth: float):
+    from .cameras import CameraTrajectory
+
+    H, W = size
+    return CameraTrajectory.preset(name, num_frames=frames, width=W, height=H, fov=fov, scene_depth=scene_depth)
+
+
+def _default_size(h: int, w: int, long_side: int = 768, multiple: int = 16) -> tuple[int, int]:
+    scale = min(1.0, long_side / max(h, w))
+    return max(multiple, round(h * scale / multiple) * multiple), max(multiple, round(w * scale / multiple) * multiple)
+
+
+def cmd_generate(args, rep: Reporter) -> None:
+    import torch
+
+    from .depth import resolve_depth
+    from .errors import ConfigError
+    from .io import load_image, save_frame_grid, save_mesh, save_ply, save_video, atomic_path
+    from .model import WorldStereo
+    from .pipeline import generate_video, load_condition_image
+    from .presets import PRESETS
+    from .reconstruction import reconstruct
+    from .trajectory_io import load_trajectory, save_trajectory
+    from safetensors.torch import save_file
+
+    out = Path(args.out or "output/generate")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder.")
+    image = load_image(args.image)
+    is_preset = args.trajectory in PRESETS
+    if not is_preset and not Path(args.trajectory).exists():
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("trajectory preset or file", args.trajectory, PRESETS)
+    if is_preset:
+        size = args.size or _default_size(*image.shape[-2:])
+        cam_image = load_condition_image(image, *size)
+        from .cameras import CameraParameters
+
+        first = CameraParameters.from_fov(args.fov, size[1], size[0])
+        depth = resolve_depth(cam_image, first, depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
+                              depth_model=args.depth_model, device=args.device) if (args.depth or args.depth_model or not args.point_cloud) else None  # fmt: skip
+        scene_depth = float(depth[depth > 0].median()) if depth is not None else 1.0
+        traj = _preset_trajectory(args.trajectory, args.frames or 16, size, args.fov, scene_depth)
+    else:
+        traj = load_trajectory(args.trajectory)
+        if args.size:
+            traj = traj.rescale(args.size[1], args.size[0])
+        cam_image = load_condition_image(image, traj.height, traj.width)
+        depth = resolve_depth(cam_image, traj[0], depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
+                              depth_model=args.depth_model, device=args.device) if (args.depth or args.depth_model or not args.point_cloud) else None  # fmt: skip
+        if args.frames and args.frames != len(traj):
+            traj = traj.resample(args.frames)
+    model = WorldStereo(device=args.device)
+    rep.stage("generate", len(traj))
+    video, result = generate_video(model, cam_image, traj, seed=args.seed, depth=depth, point_cloud=args.point_cloud, progress_callback=rep, return_result=True)
+    files = {}
+    rec = None
+    if args.reconstruct != "none":
+        rep.stage(f"reconstruct ({args.reconstruct})")
+        memory = model.global_memory if args.reconstruct == "point_cloud" else None
+        rec = reconstruct(result.frames, result.depth, traj, args.reconstruct, memory=memory, confidences=result.confidence)
+    rep.stage("write")
+    files["video"] = save_video(out / "video.mp4", video, fps=traj.fps)
+    files["frames"] = save_frame_grid(out / "frames.png", video)
+    files["trajectory"] = save_trajectory(traj, out / "trajectory.json") or out / "trajectory.json"
+    with atomic_path(out / "result.safetensors") as tmp:
+        save_file({"frames": result.frames.contiguous().cpu(), "depth": result.depth.contiguous().cpu(),
+                   "confidence": result.confidence.contiguous().cpu(), "holes": result.holes.contiguous().cpu()}, str(tmp))  # fmt: skip
+    files["result"] = out / "result.safetensors"
+    files["memory"] = model.global_memory.save(out / "memory.safetensors")
+    if rec is not None:
+        files.update(_write_reconstruction(rec, out))
+    rep.done(files, frames=len(traj))
+
+
+def _write_reconstruction(rec, out: Path) -> dict:
+    from .io import atomic_write_text, save_mesh, save_ply
+
+    files = {"point_cloud": save_ply(out / "scene.ply", rec.points, rec.colors, rec.normals)}
+    if rec.mesh is not None:
+        m = rec.mesh
+        files["mesh"] = save_mesh(out / "mesh.glb", m.vertices, m.faces, vertex_colors=m.vertex_colors, vertex_normals=m.vertex_normals)
+    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps({"method": rec.method, "quality_metrics": rec.quality_metrics}, indent=2))
+    return files
+
+
+def cmd_reconstruct(args, rep: Reporter) -> None:
+    from safetensors.torch import load_file
+
+    from .errors import InputFileError
+    from .memory import GlobalGeometricMemory
+    from .reconstruction import reconstruct
+    from .trajectory_io import load_trajectory
+
+    run = Path(args.run)
+    needed = [run / "result.safetensors", run / "trajectory.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise InputFileError(f"{', '.join(missing)} not found; --run must be a folder written by `worldstereo generate`.")
+    try:
+        data = load_file(str(run / "result.safetensors"))
+    except Exception as e:  # safetensors raises its own error types
+        raise InputFileError(f"{run / 'result.safetensors'} cannot be read ({e}); run `worldstereo generate` again.") from None
+    traj = load_trajectory(run / "trajectory.json")
+    memory = GlobalGeometricMemory.load(run / "memory.safetensors") if args.method == "point_cloud" and (run / "memory.safetensors").is_file() else None
+    rep.stage(f"reconstruct ({args.method})")
+    rec = reconstruct(data["frames"], data["depth"], traj, args.method, memory=memory, confidences=data.get("confidence"))
+    out = Path(args.out or run)
+    rep.done(_write_reconstruction(rec, out))
+
+
+def cmd_trajectory(args, rep: Reporter) -> None:
+    from .errors import ConfigError, UnknownNameError
+    from .plot import save_trajectory_plot
+    from .presets import PRESETS
+    from .trajectory_io import load_trajectory, save_trajectory
+
+    if not args.out and not args.plot:
+        raise ConfigError("Nothing to do: pass --out FILE (convert) and/or --plot FILE.png.")
+    if Path(args.source).exists():
+        traj = load_trajectory(args.source)
+    elif args.source in PRESETS:
+        traj = _preset_trajectory(args.source, args.frames, args.size, 60.0, 1.0)
+    else:
+        raise UnknownNameError("trajectory preset or file", args.source, PRESETS)
+    files = {}
+    if args.out:
+        save_trajectory(traj, args.out, format=args.fmt)
+        files["trajectory"] = Path(args.out)
+    if args.plot:
+        files["plot"] = save_trajectory_plot(traj, args.plot)
+    rep.done(files, frames=len(traj))
+
+
+COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "reconstruct": cmd_reconstruct, "trajectory": cmd_trajectory}
+
+
+def main(argv=None) -> int:
+    from .errors import WorldStereoError
+
+    args = build_parser().parse_args(argv)
+    rep = Reporter(getattr(args, "progress", "bar"))
+    start = time.perf_counter()
+    try:
+        COMMANDS[args.command](args, rep)
+    except WorldStereoError as e:
+        rep.close()
+        rep.emit(event="error", type=type(e).__name__, message=str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        rep.close()
+        rep.emit(event="error", type="KeyboardInterrupt", message="interrupted; no file is half-written")
+        print("interrupted; no file is half-written", file=sys.stderr)
+        return 130
+    if rep.mode == "bar":
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
