@@ -244,5 +244,5 @@ def test_official_example_at_480x768_frame0_is_the_input(examples, tmp_path):
     # the official 480x768 bucket: intrinsics rescaled from the file's image size
     video = generate_video("geometric", image, traj[::16], height=480, width=768, depth=tmp_path / "depth.png", depth_scale=0.001)
     assert video.shape == (len(traj[::16]), 3, 480, 768)
-    expected = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255
+    expected = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     assert (video[0] - expected).abs().max() < 1e-6

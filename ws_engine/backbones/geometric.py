@@ -166,6 +166,7 @@ class GeometricBackbone(Backbone):
         "background_band": 6,  # pixels around a hole whose foreground is not used as a source
         "trust_margin": 0.05,  # sources within this confidence of the most trusted one blend
         "transfer_decay": 0.9,  # confidence of a transferred pixel = its sources' x this
+        "edge_confidence": 0.5,  # confidence factor of pixels beside a depth edge
         "memory_confidence": 0.7,  # a pixel only the Global memory covers: its point's confidence x this
         "inpainted_confidence": 0.2,  # confidence of an inpainted pixel
     }
@@ -222,6 +223,9 @@ class GeometricBackbone(Backbone):
         rgb = torch.where(from_memory[None], known_rgb, rgb)
         depth = torch.where(from_memory, known_depth, depth)
         conf = torch.where(from_memory, known_trust * cfg["memory_confidence"], conf)
+        # a pixel beside a depth edge may belong to either surface at sub-pixel level: less certain
+        edge = _maxpool(depth, 3) > -_maxpool(-depth, 3) * (1 + cfg["depth_tolerance"])
+        conf = torch.where(edge, conf * cfg["edge_confidence"], conf)
         hole = ~(done | known)
         prior = rgb.clone()
         rgb = inpaint_background(rgb, hole, depth, method=cfg["inpaint"], radius=cfg["inpaint_radius"], band=cfg["background_band"])
@@ -294,8 +298,9 @@ class GeometricBackbone(Backbone):
             colour, visible, conf, uv = _sample_visible(ref, X, tol)
             to_ref = F.normalize(ref["camera"].position.reshape(1, 3).to(X) - X, dim=1)
             angle = torch.acos((to_target * to_ref).sum(1).clamp(-1, 1))
-            # a source that saw the surface at a lower resolution (foreshortened, farther) knows less
-            resolution = _area_scale(uv.reshape(H, W, 2)).reshape(-1).clamp(max=1.0)
+            # a source that saw the surface at a lower resolution (foreshortened, farther) knows less:
+            # trust scales with its linear resolution relative to the target
+            resolution = _area_scale(uv.reshape(H, W, 2)).reshape(-1).clamp(max=1.0).sqrt()
             samples.append((colour, visible, conf * resolution, torch.exp(-0.5 * (angle / sigma) ** 2)))
         colours, visible, confs, angle_w = (torch.stack(x) for x in zip(*samples))  # (R,N,3), (R,N) ...
         seen = visible >= 0.5
