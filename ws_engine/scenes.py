@@ -18,6 +18,7 @@ exact render closely (about 58 dB PSNR along the default orbit at 512x512).
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import torch
 
@@ -27,9 +28,9 @@ from .geometry import camera_rays
 from .presets import PRESETS
 from .rotations import look_at
 
-__all__ = ["ProceduralRoom"]
+__all__ = ["ProceduralRoom", "TRAJECTORY_KINDS"]
 
-TRAJECTORY_KINDS = ("orbit",) + PRESETS
+TRAJECTORY_KINDS = ("orbit",) + PRESETS  # what ProceduralRoom.trajectory(kind=...) accepts
 
 _ROOM_LO = (-2.4, -1.2, -1.6)  # metres; y down, so -y is the ceiling
 _ROOM_HI = (2.4, 1.5, 4.4)  # +y = 1.5 is the floor
@@ -59,7 +60,7 @@ _INWARD = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)) 
 # creases fade to a tint: the lit colours of the faces meeting there, darkened; near a box, its colour
 _DARKEN = (0.62, 0.62, 0.8, 0.62, 0.62, 0.62)  # per room face (the ceiling's corners stay lighter)
 _TINT_REACH = 0.45  # the tint mixes the darkened lit colours of the room faces within this many metres
-_BOX_TINT, _BLEED = 0.5, 0.3  # near a box (within _BLEED m) the tint becomes _BOX_TINT x its colour + 0.1
+_BOX_TINT, _BLEED = 0.3, 0.3  # near a box (within _BLEED m) the tint becomes _BOX_TINT x its colour + half the tint
 _LIGHT = (-0.6, -1.0, -0.3)  # towards the key light: above, to the left, a little towards the camera
 _FILL = (0.6, 0.45, -0.4)  # a weak fill light from the other side, bouncing up from below
 # crease widths in metres: room corners, box edges, contact with a box/room/sphere
@@ -209,7 +210,8 @@ class ProceduralRoom:
         k = hit_object.clamp(0, K - 1)
         box_axes = (torch.where(pos, L["box_lo"].T.index_select(1, k), L["box_hi"].T.index_select(1, k)) - o) * inv
         axis = _first_equal(torch.where(on_box, box_axes, room_axes), t)
-        towards_high = _pick(pos, axis).long()  # the room is left through its high face, a box entered through its low one
+        # moving towards +axis, a ray leaves the room through its high face and enters a box through its low one
+        towards_high = _pick(pos, axis).long()
         sid = torch.where(on_box, 6 + 6 * k + 2 * axis + 1 - towards_high, 2 * axis + towards_high)
         sid = torch.where(on_sphere, self.sphere_id, sid)
         face = axis == torch.arange(3, device=d.device)[:, None]
@@ -276,17 +278,13 @@ class ProceduralRoom:
                 out.index_copy_(1, idx, texture(p.index_select(1, idx), sid.index_select(0, idx)))
         return out
 
-    def _occlusion(self, p: torch.Tensor, sid: torch.Tensor, L: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """How open each hit point is and the colour its creases fade to.
+    def _openness(self, p: torch.Tensor, sid: torch.Tensor, L: dict, box_distances: list) -> torch.Tensor:
+        """(M,) in [0,1]: 0 on a crease (room corners, box edges, where objects touch), 1 in the open.
 
-        Returns openness (M,) in [0,1] (0 on a crease: room corners, box edges, where objects touch;
-        1 in the open) and the crease tint (3,M), a smooth function of position (a darker box colour
-        near each box). Both sides of a crease reach openness 0 and share the tint there, so colour
-        stays continuous across every crease.
+        Both sides of a crease reach 0 on it. ``box_distances``: K (M,) distances of p to the boxes.
         """
         on_room, on_sphere = sid < 6, sid == self.sphere_id
-        on_box = ~on_room & ~on_sphere
-        owner = torch.where(on_box, (sid - 6) // 6 + 1, 0)  # 0 the room, k + 1 box k
+        owner = torch.where(on_room | on_sphere, 0, (sid - 6) // 6 + 1)  # 0 the room, k + 1 box k
         lo = torch.cat([L["room_lo"][None], L["box_lo"]]).T.index_select(1, owner)
         hi = torch.cat([L["room_hi"][None], L["box_hi"]]).T.index_select(1, owner)
         # creases of the own room or box: distance to the bounds of the two other axes
@@ -297,23 +295,30 @@ class ProceduralRoom:
         # contact with the other primitives (every hit is inside the room)
         room = torch.minimum(p - L["room_lo"][:, None], L["room_hi"][:, None] - p).amin(0)
         openness = openness * torch.where(on_room, 1.0, _smoothstep(room / _CONTACT))
-        # the room faces' lit colours, weighted by closeness to each face
-        faces_lit = p.new_tensor(_FACE_COLORS).T * (p.new_tensor(_DARKEN) * _light(p.new_tensor(_INWARD).T))  # (3,6)
-        near_face = 1.0 - _smoothstep(torch.cat([p - L["room_lo"][:, None], L["room_hi"][:, None] - p]) / _TINT_REACH)
-        # (far from every face, e.g. on an object, the faces' mean colour)
-        tint = (faces_lit @ near_face + 1e-3 * faces_lit.mean(1, keepdim=True)) / (near_face.sum(0) + 1e-3)
-        for k, (b_lo, b_hi, color) in enumerate(zip(L["box_lo"], L["box_hi"], L["box_colors"])):
-            dist = _box_distance(p, b_lo, b_hi)
+        for k, dist in enumerate(box_distances):
             openness = openness * torch.where(owner == k + 1, 1.0, _smoothstep(dist / _CONTACT))
-            box_tint = _BOX_TINT * color[:, None] + 0.1
-            tint = tint + (box_tint - tint) * (1.0 - _smoothstep(dist / _BLEED))
         sphere = (p - L["sphere_center"][:, None]).square().sum(0).sqrt() - self.sphere_radius
-        return openness * torch.where(on_sphere, 1.0, _smoothstep(sphere / _SPHERE_CONTACT)), tint
+        return openness * torch.where(on_sphere, 1.0, _smoothstep(sphere / _SPHERE_CONTACT))
+
+    def _crease_tint(self, p: torch.Tensor, L: dict, box_distances: list) -> torch.Tensor:
+        """The colour (3,M) creases fade to, a smooth function of position: the darkened lit colours
+        of the room faces near p, mixed with a darker box colour near each box."""
+        faces = p.new_tensor(_FACE_COLORS).T * (p.new_tensor(_DARKEN) * _light(p.new_tensor(_INWARD).T))  # (3,6)
+        near = 1.0 - _smoothstep(torch.cat([p - L["room_lo"][:, None], L["room_hi"][:, None] - p]) / _TINT_REACH)
+        # far from every face (on an object) the faces' mean colour
+        tint = (faces @ near + 1e-3 * faces.mean(1, keepdim=True)) / (near.sum(0) + 1e-3)
+        for dist, color in zip(box_distances, L["box_colors"]):
+            tint = tint + (_BOX_TINT * color[:, None] - 0.5 * tint) * (1.0 - _smoothstep(dist / _BLEED))
+        return tint
 
     def _shade(self, p: torch.Tensor, sid: torch.Tensor, normal: torch.Tensor, L: dict) -> torch.Tensor:
-        """Colours (3,M) in [0,1]: albedo times fixed Lambert lighting (key, fill, floor bounce), fading to the crease tint."""
+        """Colours (3,M) in [0,1]: albedo times fixed Lambert lighting, fading to the crease tint.
+
+        Both sides of a crease reach openness 0 and share the tint there: colour stays continuous.
+        """
         lit = self._albedo(p, sid, L) * _light(normal)
-        openness, tint = self._occlusion(p, sid, L)
+        box_distances = [_box_distance(p, lo, hi) for lo, hi in zip(L["box_lo"], L["box_hi"])]
+        openness, tint = self._openness(p, sid, L, box_distances), self._crease_tint(p, L, box_distances)
         return (tint + (lit - tint) * openness).clamp(0.0, 1.0)
 
     # rendering --------------------------------------------------------------------------------
@@ -371,31 +376,31 @@ class ProceduralRoom:
     def _patches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Planar faces that can be seen: lo, hi (P,3) (equal on the face's axis) and normals (P,3)
         facing the free space. Room faces and the boxes' faces except their bottoms."""
-        los, his, normals = [], [], []
+        faces = []
         boxes = [(self.room_lo, self.room_hi, -1.0)] + [(lo, hi, 1.0) for lo, hi in zip(self.box_lo, self.box_hi)]
         for i, (lo, hi, outward) in enumerate(boxes):
             for axis in range(3):
                 for side, bound in enumerate((lo, hi)):
                     if i > 0 and axis == 1 and side == 1:
                         continue  # a box's bottom lies on the floor
-                    f_lo, f_hi = lo.clone(), hi.clone()
+                    f_lo, f_hi, normal = lo.clone(), hi.clone(), torch.zeros(3)
                     f_lo[axis] = f_hi[axis] = bound[axis]
-                    n = torch.zeros(3)
-                    n[axis] = outward * (1.0 if side else -1.0)
-                    los.append(f_lo), his.append(f_hi), normals.append(n)
-        return torch.stack(los), torch.stack(his), torch.stack(normals)
+                    normal[axis] = outward * (1.0 if side else -1.0)
+                    faces.append((f_lo, f_hi, normal))
+        return tuple(torch.stack(column) for column in zip(*faces))
 
     def sample_surface(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n points (n,3) on the surfaces a camera in the room can see, area-weighted, and their unit
         normals (n,3) facing the free space. Floor under the boxes and box bottoms are left out."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
             raise ConfigError(f"n must be a positive whole number of points, got {n!r}.")
+        n = int(n)
         device = generator.device if generator is not None else torch.device("cpu")
         lo, hi, normals = (x.to(device) for x in self._patches())
         sides = (hi - lo).sort(-1).values[:, 1:]  # the two non-zero side lengths
         areas = torch.cat([sides.prod(-1), torch.tensor([4 * math.pi * self.sphere_radius**2], device=device)])
         L = self._on(device)
-        points, normal_out, count = [], [], 0
+        kept, count = [], 0
         while count < n:
             m = 2 * (n - count) + 64
             which = torch.multinomial(areas, m, replacement=True, generator=generator)
@@ -408,9 +413,10 @@ class ProceduralRoom:
             nrm = torch.where(on_sphere, dirs, normals[f])
             under_box = ((p[:, None] > L["box_lo"]) & (p[:, None] < L["box_hi"] + 1e-6)).all(-1).any(-1)
             keep = ~(under_box & (which < 6))
-            points.append(p[keep]), normal_out.append(nrm[keep])
+            kept.append((p[keep], nrm[keep]))
             count += int(keep.sum())
-        return torch.cat(points)[:n], torch.cat(normal_out)[:n]
+        points, normals_out = (torch.cat(column)[:n] for column in zip(*kept))
+        return points, normals_out
 
     # cameras ----------------------------------------------------------------------------------
     @property
@@ -442,7 +448,8 @@ class ProceduralRoom:
         return {}
 
     def trajectory(
-        self, num_frames: int = 16, width: int = 512, height: int = 512, fov: float = 70.0, kind: str = "orbit", **preset_kwargs
+        self, num_frames: int = 16, width: int = 512, height: int = 512, fov: float = 70.0, kind: str = "orbit",
+        **preset_kwargs,
     ) -> CameraTrajectory:
         """A camera motion starting at ``camera()`` that stays inside the room.
 
@@ -477,6 +484,6 @@ def _check_points(points) -> torch.Tensor:
 def _check_chunk(chunk) -> int:
     if chunk is None:
         return 1 << 20
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if isinstance(chunk, bool) or not isinstance(chunk, Integral) or chunk < 1:
         raise ConfigError(f"chunk must be a positive whole number of rays, got {chunk!r}; leave it unset for 2**20.")
-    return chunk
+    return int(chunk)
