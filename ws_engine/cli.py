@@ -138,6 +138,7 @@ def cmd_demo(args, rep: Reporter) -> None:
     out = Path(args.out or "output/demo")
     rep.stage("generate", args.frames)
     metrics = run_demo(out, num_frames=args.frames, size=args.size, seed=args.seed, mesh=not args.no_mesh, device=args.device, progress_callback=rep)
+    rep.close()
     files = {name: out / name for name in DEMO_FILES if (out / name).exists()}
     summary = {"psnr_seen": metrics["psnr_seen"], "psnr": metrics["psnr"], "timings_s": metrics["timings_s"]}
     if rep.mode == "bar":

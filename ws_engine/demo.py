@@ -70,11 +70,11 @@ def run_demo(out="output/demo", num_frames: int = 16, size: int = 512, seed: int
 
     frames = []
     for t in range(1, num_frames):
-        seen = ~result.holes[t]
+        seen = result.seen[t]
         frames.append({"frame": t, "psnr": _finite(psnr(video[t], truth_rgb[t])), "psnr_seen": _finite(psnr(video[t], truth_rgb[t], seen)),
                        "seen_fraction": round(float(seen.float().mean()), 4)})  # fmt: skip
     all_err = ((video[1:] - truth_rgb[1:]) ** 2).mean(1)  # (T-1,H,W)
-    seen = ~result.holes[1:]
+    seen = result.seen[1:]
     extent = scene.extent
     metrics = {
         "scene": "procedural_room",
