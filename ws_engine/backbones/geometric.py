@@ -75,14 +75,17 @@ def pixel_centre_depth(points: torch.Tensor, index: torch.Tensor, camera: Camera
     ref_inv = nb[2].gather(0, nearest)[0]
     same = has & ((nb[2] - ref_inv).abs() <= tolerance * ref_inv)
     w = same.to(uv.dtype)
-    # weighted least squares for 1/z = a + b du + c dv: 3x3 normal equations per pixel
-    A = torch.stack([torch.ones_like(du), du, dv])  # (3,9,H,W)
-    M = torch.einsum("ikhw,jkhw,khw->hwij", A, A, w) + 1e-4 * torch.diag(torch.tensor([0.0, 1.0, 1.0], device=uv.device, dtype=uv.dtype))
-    rhs = torch.einsum("ikhw,khw,khw->hwi", A, nb[2], w)
-    enough = w.sum(0) >= 4
-    M = torch.where(enough[..., None, None], M, torch.eye(3, device=uv.device, dtype=uv.dtype))
-    a = torch.linalg.solve(M, torch.where(enough[..., None], rhs, 0.0)[..., None])[..., 0, 0]
-    fitted = torch.where(enough, a, ref_inv).clamp(min=ref_inv * (1 - tolerance), max=ref_inv * (1 + tolerance))
+    # weighted least squares for 1/z = a + b du + c dv; only a (the value at the centre) is needed:
+    # Cramer's rule on the 3x3 normal equations, with a small ridge on b and c
+    wu, wv, wi = w * du, w * dv, w * nb[2]
+    s0, su, sv = w.sum(0), wu.sum(0), wv.sum(0)
+    suu, suv, svv = (wu * du).sum(0) + 1e-4, (wu * dv).sum(0), (wv * dv).sum(0) + 1e-4
+    r0, ru, rv = wi.sum(0), (wi * du).sum(0), (wi * dv).sum(0)
+    det = s0 * (suu * svv - suv * suv) - su * (su * svv - suv * sv) + sv * (su * suv - suu * sv)
+    num = r0 * (suu * svv - suv * suv) - su * (ru * svv - suv * rv) + sv * (ru * suv - suu * rv)
+    enough = (s0 >= 4) & (det > 1e-3 * s0 * suu * svv)  # well-conditioned fits only
+    a = num / torch.where(enough, det, 1.0)
+    fitted = torch.where(enough & (a > 0), a, ref_inv).clamp(min=ref_inv * (1 - tolerance), max=ref_inv * (1 + tolerance))
     chosen = torch.where(covered, rows.gather(0, nearest)[0], -1)
     return torch.where(covered, 1.0 / fitted.clamp(min=1e-12), 0.0), chosen
 
@@ -110,18 +113,22 @@ def _run_inpaint(rgb8: np.ndarray, mask8: np.ndarray, method: str, radius: int) 
             f"inpaint method {method!r} needs OpenCV's contrib modules (cv2.xphoto); "
             "install opencv-contrib-python-headless or use inpaint='telea'."
         )
-    # FSR works on the bounding box of the holes (plus context) only: its cost grows with the area.
-    ys, xs = np.nonzero(mask8)
-    pad = 24
-    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, mask8.shape[0])
-    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, mask8.shape[1])
-    crop, known = rgb8[y0:y1, x0:x1], (mask8[y0:y1, x0:x1] == 0).astype(np.uint8) * 255
-    out = crop.copy()
+    # FSR's cost grows with the area it works on: inpaint each group of holes in its own box
+    count, _, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(mask8, np.ones((9, 9), np.uint8)), connectivity=8)
     algo = cv2.xphoto.INPAINT_FSR_FAST if method == "fsr_fast" else cv2.xphoto.INPAINT_FSR_BEST
-    cv2.xphoto.inpaint(crop, known, out, algo)
-    full = rgb8.copy()
-    full[y0:y1, x0:x1] = out
-    return full
+    out = rgb8.copy()
+    pad = 16
+    H, W = mask8.shape
+    for x, y, w, h, _ in stats[1:count]:
+        y0, y1, x0, x1 = max(y - pad, 0), min(y + h + pad, H), max(x - pad, 0), min(x + w + pad, W)
+        crop = np.ascontiguousarray(out[y0:y1, x0:x1])
+        known = np.where(mask8[y0:y1, x0:x1] > 0, 0, 255).astype(np.uint8)
+        if known.all():
+            continue
+        filled = crop.copy()
+        cv2.xphoto.inpaint(crop, known, filled, algo)
+        out[y0:y1, x0:x1] = np.where(known[..., None] > 0, crop, filled)
+    return out
 
 
 def inpaint_background(
@@ -206,19 +213,23 @@ class GeometricBackbone(Backbone):
             depth_full = torch.full((H, W), self._fallback_depth(inputs, cam), device=cam.device)
         else:
             depth_full = complete_depth(known_depth, known)
-        hyps = torch.stack([depth_full, -_maxpool(-depth_full, 3), _maxpool(depth_full, 3)])  # own, near, far
-        rgb = torch.zeros(3, H, W, device=cam.device)
-        conf = torch.zeros(H, W, device=cam.device)
-        depth = depth_full.clone()
-        best = torch.full((H, W), 0.5, device=cam.device)  # a hypothesis needs support > 0.5
-        for d in hyps:  # the best-supported hypothesis wins; ties go to the earlier one
-            colour, confidence, support = self._transfer(d, cam, refs)
-            take = support > best + 0.05
-            rgb = torch.where(take[None], colour, rgb)
-            conf = torch.where(take, confidence, conf)
-            depth = torch.where(take, d, depth)
-            best = torch.where(take, support, best)
-        done = best > 0.5
+        # depth hypotheses: own, near (3x3 min), far (3x3 max); the best-supported wins, ties go to
+        # the earlier one; near and far are only tried where they differ from own
+        tol = cfg["depth_tolerance"]
+        X = unproject(depth_full, cam).reshape(-1, 3)
+        colour, conf, best, resolution = self._transfer(X, cam, refs, grid=(H, W))
+        best = torch.where(best > 0.5, best, 0.5)  # a hypothesis needs support > 0.5
+        depth = depth_full.reshape(-1).clone()
+        for d in (-_maxpool(-depth_full, 3), _maxpool(depth_full, 3)):
+            idx = ((d - depth_full).abs() > tol * depth_full).reshape(-1).nonzero()[:, 0]
+            if not len(idx) or not refs:
+                continue
+            c, cf, sp, _ = self._transfer(unproject(d, cam).reshape(-1, 3)[idx], cam, refs, resolution=resolution[:, idx])
+            take = sp > best[idx] + 0.05
+            sel = idx[take]
+            colour[sel], conf[sel], best[sel], depth[sel] = c[take], cf[take], sp[take], d.reshape(-1)[sel]
+        done = (best > 0.5).reshape(H, W)
+        rgb, conf, depth = colour.T.reshape(3, H, W), conf.reshape(H, W), depth.reshape(H, W)
         from_memory = known & ~done
         rgb = torch.where(from_memory[None], known_rgb, rgb)
         depth = torch.where(from_memory, known_depth, depth)
@@ -279,29 +290,31 @@ class GeometricBackbone(Backbone):
             return float((pts - cam.position.reshape(1, 3)).norm(dim=1).median())
         return 1.0
 
-    def _transfer(self, depth: torch.Tensor, cam: CameraParameters, refs: list[dict]):
-        """Colours (3,H,W), confidence (H,W) and support (H,W) in [0,1] of the surface at ``depth``.
+    def _transfer(self, X: torch.Tensor, cam: CameraParameters, refs: list[dict], *, grid=None, resolution=None):
+        """Colours (N,3), confidence (N,), support (N,) in [0,1] and source resolution (R,N) of the
+        points X (N,3) seen by ``cam``.
 
         The support is the fraction of the used references' bilinear taps that see the point (1:
         clearly visible, about 0.5: on a silhouette of the reference, 0: not seen); it scales the
-        confidence.
+        confidence. The resolution of each reference (its linear sampling rate relative to the
+        target, at most 1) is measured on the pixel ``grid`` (H,W) when X covers the whole image,
+        or taken from ``resolution``.
         """
-        H, W = depth.shape
+        N = X.shape[0]
         if not refs:
-            zero = torch.zeros(H, W, device=depth.device)
-            return torch.zeros(3, H, W, device=depth.device), zero, zero
+            zero = torch.zeros(N, device=X.device)
+            return torch.zeros(N, 3, device=X.device), zero, zero, torch.zeros(0, N, device=X.device)
         tol, sigma = self.config["depth_tolerance"], math.radians(self.config["angle_sigma"])
-        X = unproject(depth, cam).reshape(-1, 3)  # (N,3)
         to_target = F.normalize(cam.position.reshape(1, 3).to(X) - X, dim=1)
-        samples = []
-        for ref in refs:
+        samples, resolutions = [], []
+        for r, ref in enumerate(refs):
             colour, visible, conf, uv = _sample_visible(ref, X, tol)
             to_ref = F.normalize(ref["camera"].position.reshape(1, 3).to(X) - X, dim=1)
             angle = torch.acos((to_target * to_ref).sum(1).clamp(-1, 1))
-            # a source that saw the surface at a lower resolution (foreshortened, farther) knows less:
-            # trust scales with its linear resolution relative to the target
-            resolution = _area_scale(uv.reshape(H, W, 2)).reshape(-1).clamp(max=1.0).sqrt()
-            samples.append((colour, visible, conf * resolution, torch.exp(-0.5 * (angle / sigma) ** 2)))
+            # a source that saw the surface at a lower resolution (foreshortened, farther) knows less
+            res = _area_scale(uv.reshape(*grid, 2)).reshape(-1).clamp(max=1.0).sqrt() if resolution is None else resolution[r]
+            resolutions.append(res)
+            samples.append((colour, visible, conf * res, torch.exp(-0.5 * (angle / sigma) ** 2)))
         colours, visible, confs, angle_w = (torch.stack(x) for x in zip(*samples))  # (R,N,3), (R,N) ...
         seen = visible >= 0.5
         # only the most trusted sources blend (each transfer lowers trust, so resampling does not
@@ -309,12 +322,11 @@ class GeometricBackbone(Backbone):
         best = torch.where(seen, confs, -1.0).amax(0)
         w = seen * (confs >= best - self.config["trust_margin"]) * (angle_w + 1e-6)
         den = w.sum(0)
-        num = (w[..., None] * colours).sum(0)
         norm = den.clamp(min=1e-12)
         support = torch.where(den > 0, (w * visible).sum(0) / norm, 0.0)
-        rgb = (num / norm[:, None]).T.reshape(3, H, W)
-        conf = ((w * confs).sum(0) / norm * support).reshape(H, W) * self.config["transfer_decay"]
-        return rgb, conf, support.reshape(H, W)
+        rgb = (w[..., None] * colours).sum(0) / norm[:, None]
+        conf = (w * confs).sum(0) / norm * support * self.config["transfer_decay"]
+        return rgb, conf, support, torch.stack(resolutions)
 
 
 def _area_scale(uv: torch.Tensor) -> torch.Tensor:
@@ -336,23 +348,20 @@ def _sample_visible(ref: dict, X: torch.Tensor, tol: float):
     confidence = ref.get("confidence")
     H, W = depth.shape
     uv, z = project(X, cam)
-    uv, z = uv.reshape(-1, 2), z.reshape(-1)
-    u0, v0 = uv[:, 0].floor(), uv[:, 1].floor()
-    fu, fv = uv[:, 0] - u0, uv[:, 1] - v0
-    colour = torch.zeros(X.shape[0], 3, device=X.device)
-    weight = torch.zeros(X.shape[0], device=X.device)
-    conf = torch.zeros_like(weight)
-    flat_img, flat_depth = image.reshape(3, -1), depth.reshape(-1)
-    flat_conf = None if confidence is None else confidence.reshape(-1)
-    for du, dv, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
-        u, v = u0 + du, v0 + dv
-        inside = (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1) & (z > 0) & torch.isfinite(z)
-        idx = torch.where(inside, v * W + u, 0).long()
-        d = flat_depth[idx]
-        ok = inside & (d > 0) & ((d - z).abs() <= tol * z)
-        w = torch.where(ok, w, 0.0)
-        colour += w[:, None] * flat_img[:, idx].T
-        weight += w
-        conf += w * (1.0 if flat_conf is None else flat_conf[idx])
-    norm = weight.clamp(min=1e-12)
-    return colour / norm[:, None], weight, conf / norm, uv
+    uv, z = uv.reshape(-1, 2), z.reshape(-1, 1)
+    base = uv.floor()
+    frac = uv - base
+    taps = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=uv.dtype, device=uv.device)
+    pos = base[:, None, :] + taps  # (N,4,2)
+    fx, fy = frac[:, None, 0], frac[:, None, 1]
+    weight = torch.where(taps[:, 0] > 0, fx, 1 - fx) * torch.where(taps[:, 1] > 0, fy, 1 - fy)  # (N,4)
+    inside = (pos[..., 0] >= 0) & (pos[..., 0] <= W - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= H - 1) & (z > 0)
+    idx = torch.where(inside, pos[..., 1] * W + pos[..., 0], 0).long()
+    d = depth.reshape(-1)[idx]
+    ok = inside & (d > 0) & ((d - z).abs() <= tol * z)
+    weight = torch.where(ok, weight, 0.0)
+    visible = weight.sum(1)
+    norm = visible.clamp(min=1e-12)[:, None]
+    colour = torch.einsum("nk,nkc->nc", weight, image.permute(1, 2, 0).reshape(-1, 3)[idx]) / norm
+    conf = torch.ones_like(visible) if confidence is None else (weight * confidence.reshape(-1)[idx]).sum(1) / norm[:, 0]
+    return colour, visible, conf, uv
