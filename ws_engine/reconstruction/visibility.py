@@ -1,0 +1,37 @@
+"""Which frames see a point: projection plus a depth agreement test against each frame's depth."""
+
+from __future__ import annotations
+
+import torch
+
+from ..geometry import project
+from .inputs import Observations
+
+__all__ = ["nearest_pixel", "frame_visibility", "visible_frames"]
+
+
+def nearest_pixel(uv: torch.Tensor, z: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat index (N,) of the pixel nearest to ``uv`` (N,2) and whether it is in the image with z > 0."""
+    u, v = uv[:, 0].round(), uv[:, 1].round()
+    inside = (z > 0) & (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
+    flat = (v.clamp(0, height - 1) * width + u.clamp(0, width - 1)).long()
+    return flat, inside
+
+
+def frame_visibility(points: torch.Tensor, obs: Observations, t: int, rel_tol: float):
+    """Project points (N,3) into frame t.
+
+    Returns uv (N,2), z (N,), flat pixel index (N,) and visible (N,) bool: inside the image, in front
+    of the camera, and within ``rel_tol`` (relative) of the frame's known depth at that pixel.
+    """
+    H, W = obs.depths.shape[-2:]
+    uv, z = project(points, obs.cameras[t])
+    flat, inside = nearest_pixel(uv, z, H, W)
+    d = obs.depths[t].reshape(-1)[flat]
+    visible = inside & (d > 0) & ((z - d).abs() <= rel_tol * d)
+    return uv, z, flat, visible
+
+
+def visible_frames(points: torch.Tensor, obs: Observations, rel_tol: float) -> torch.Tensor:
+    """(T,N) bool: frame t sees point n (see :func:`frame_visibility`)."""
+    return torch.stack([frame_visibility(points, obs, t, rel_tol)[3] for t in range(obs.num_frames)])
