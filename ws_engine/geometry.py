@@ -417,6 +417,13 @@ def complete_depth(depth: torch.Tensor, mask: torch.Tensor | None = None, backgr
         one are blended by inverse distance. A disocclusion between a near and a far surface is so
         filled with the far surface, and a hole inside one surface is interpolated smoothly.
     """
+    return complete_background(depth, mask, None, background_tolerance)[0]
+
+
+def complete_background(depth: torch.Tensor, mask: torch.Tensor | None, values: torch.Tensor | None, background_tolerance: float = 0.2):
+    """:func:`complete_depth` that also carries per-pixel ``values`` (C,H,W) or (B,C,H,W) along:
+    a hole pixel gets the blend of the values of the same background candidates as its depth.
+    Returns (depth, values) (values None when not given)."""
     d = _check_depth(depth) if mask is None else torch.as_tensor(depth)
     single = d.dim() == 2
     d = (d[None] if single else d).float() if not d.is_floating_point() else (d[None] if single else d)
@@ -425,19 +432,43 @@ def complete_depth(depth: torch.Tensor, mask: torch.Tensor | None = None, backgr
         raise InvalidDepthError(f"mask shape {tuple(known.shape)} does not match depth shape {tuple(d.shape)}.")
     if not bool(known.flatten(1).any(1).all()):
         raise InvalidDepthError("A depth map to complete has no known pixel; give at least one valid depth.")
+    vals = None
+    if values is not None:
+        vals = values[None] if single else values  # (B,C,H,W)
+        if vals.shape[0] != d.shape[0] or vals.shape[-2:] != d.shape[-2:]:
+            raise ShapeMismatchError(f"values {tuple(values.shape)} do not match depth {tuple(depth.shape)}.")
+        vals = torch.where(known[:, None], vals, 0.0)
     out = torch.where(known, d, 0.0)
     while not bool(known.all()):  # at most two passes: rows/columns of known pixels, then the rest
         cands = [_nearest_known(out, known, dim, rev) for dim in (1, 2) for rev in (False, True)]
-        values = torch.stack([c[0] for c in cands])  # (4,B,H,W)
+        values_ = torch.stack([c[0] for c in cands])  # (4,B,H,W)
         dists = torch.stack([c[1] for c in cands])
         has = torch.isfinite(dists)
-        far = torch.where(has, values, -torch.inf).amax(0)
-        weight = torch.where(has & (values >= far * (1 - background_tolerance)), 1.0 / dists.clamp(min=1), 0.0)
-        fill = (weight * torch.where(has, values, 0.0)).sum(0) / weight.sum(0).clamp(min=1e-12)
+        far = torch.where(has, values_, -torch.inf).amax(0)
+        weight = torch.where(has & (values_ >= far * (1 - background_tolerance)), 1.0 / dists.clamp(min=1), 0.0)
+        total = weight.sum(0).clamp(min=1e-12)
+        fill = (weight * torch.where(has, values_, 0.0)).sum(0) / total
         reached = has.any(0)
+        if vals is not None:
+            carried = [_carry(vals, known, dim, rev) for dim in (2, 3) for rev in (False, True)]
+            vfill = sum(w[:, None] * c for w, c in zip(weight, carried)) / total[:, None]
+            vals = torch.where((known | ~reached)[:, None], vals, vfill)
         out = torch.where(known, out, torch.where(reached, fill, 0.0))
         known = known | reached
-    return out[0] if single else out
+    if single:
+        return out[0], None if vals is None else vals[0]
+    return out, vals
+
+
+def _carry(vals: torch.Tensor, known: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
+    """Values (B,C,H,W) of the nearest known pixel before each pixel along ``dim`` (2: rows, 3: columns)."""
+    if reverse:
+        vals, known = vals.flip(dim), known.flip(dim - 1)
+    n = vals.shape[dim]
+    pos = torch.arange(n, device=vals.device).view(-1, *[1] * (vals.dim() - 1 - dim))
+    last = torch.where(known[:, None], pos, -1).cummax(dim=dim).values.clamp(min=0)
+    out = torch.gather(vals, dim, last.expand_as(vals))
+    return out.flip(dim) if reverse else out
 
 
 def normals_from_depth(depth: torch.Tensor, camera: CameraParameters, world: bool = True) -> torch.Tensor:
