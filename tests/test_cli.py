@@ -79,6 +79,13 @@ def test_generate_then_reconstruct(tmp_path, image_and_depth):
     assert (out / "mesh.glb").is_file()
 
 
+def test_trajectory_preset_to_file_and_plot(tmp_path):
+    proc = run("trajectory", "orbit_left", "--frames", 8, "--out", tmp_path / "orbit.json", "--plot", tmp_path / "orbit.png")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "orbit.json").read_text())["format"] == "worldstereo-trajectory"
+    assert np.array(Image.open(tmp_path / "orbit.png")).std() > 5
+
+
 def test_trajectory_convert_and_plot(tmp_path, examples):
     src = examples[0] / "camera.json"
     proc = run("trajectory", src, "--to", "transforms_json", "--out", tmp_path / "transforms.json", "--plot", tmp_path / "plot.png")
@@ -87,8 +94,6 @@ def test_trajectory_convert_and_plot(tmp_path, examples):
     assert len(data["frames"]) == 81
     plot = np.array(Image.open(tmp_path / "plot.png"))
     assert plot.ndim == 3 and plot.std() > 5
-    proc = run("trajectory", "orbit_left", "--frames", 8, "--out", tmp_path / "orbit.json")
-    assert proc.returncode == 0 and json.loads((tmp_path / "orbit.json").read_text())["format"] == "worldstereo-trajectory"
 
 
 @pytest.mark.parametrize(

@@ -159,11 +159,9 @@ def _default_size(h: int, w: int, long_side: int = 768, multiple: int = 16) -> t
 
 
 def cmd_generate(args, rep: Reporter) -> None:
-    import torch
-
     from .depth import resolve_depth
     from .errors import ConfigError
-    from .io import load_image, save_frame_grid, save_mesh, save_ply, save_video, atomic_path
+    from .io import atomic_path, load_image, save_frame_grid, save_video
     from .model import WorldStereo
     from .pipeline import generate_video, load_condition_image
     from .presets import PRESETS
@@ -181,24 +179,24 @@ def cmd_generate(args, rep: Reporter) -> None:
 
         raise UnknownNameError("trajectory preset or file", args.trajectory, PRESETS)
     if is_preset:
-        size = args.size or _default_size(*image.shape[-2:])
-        cam_image = load_condition_image(image, *size)
         from .cameras import CameraParameters
 
+        size = args.size or _default_size(*image.shape[-2:])
         first = CameraParameters.from_fov(args.fov, size[1], size[0])
-        depth = resolve_depth(cam_image, first, depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
-                              depth_model=args.depth_model, device=args.device) if (args.depth or args.depth_model or not args.point_cloud) else None  # fmt: skip
-        scene_depth = float(depth[depth > 0].median()) if depth is not None else 1.0
-        traj = _preset_trajectory(args.trajectory, args.frames or 16, size, args.fov, scene_depth)
     else:
         traj = load_trajectory(args.trajectory)
-        if args.size:
-            traj = traj.rescale(args.size[1], args.size[0])
-        cam_image = load_condition_image(image, traj.height, traj.width)
-        depth = resolve_depth(cam_image, traj[0], depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
-                              depth_model=args.depth_model, device=args.device) if (args.depth or args.depth_model or not args.point_cloud) else None  # fmt: skip
-        if args.frames and args.frames != len(traj):
-            traj = traj.resample(args.frames)
+        traj = traj.rescale(args.size[1], args.size[0]) if args.size else traj
+        first, size = traj[0], (traj.height, traj.width)
+    cam_image = load_condition_image(image, *size)
+    depth = None
+    if args.depth or args.depth_model or not args.point_cloud:  # a point cloud alone may start the memory
+        depth = resolve_depth(cam_image, first, depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
+                              depth_model=args.depth_model, device=args.device)  # fmt: skip
+    if is_preset:  # a preset's motion is scaled by the scene's median depth
+        scene_depth = float(depth[depth > 0].median()) if depth is not None else 1.0
+        traj = _preset_trajectory(args.trajectory, args.frames or 16, size, args.fov, scene_depth)
+    elif args.frames and args.frames != len(traj):
+        traj = traj.resample(args.frames)
     model = WorldStereo(device=args.device)
     rep.stage("generate", len(traj))
     video, result = generate_video(model, cam_image, traj, seed=args.seed, depth=depth, point_cloud=args.point_cloud, progress_callback=rep, return_result=True)
