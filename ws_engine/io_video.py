@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, InputFileError, OutputPathError
+from .errors import ConfigError, InputFileError
 from .io_image import _as_video, _existing_file, _output_path
 
 __all__ = ["VIDEO_SUFFIXES", "save_video", "read_video"]

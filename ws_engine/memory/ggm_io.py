@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MemoryFileError
+from ..errors import MemoryFileError, WorldStereoError
 from ..io import atomic_path
 from .ggm_utils import validate_state
 
