@@ -394,3 +394,19 @@ def test_hash_nearest_matches_candidates_and_brute_force(layout):
     assert torch.equal(got >= 0, has | (got >= 0))  # every query with a point within r finds one
     i = has.nonzero().squeeze(1)
     assert torch.allclose(d[i, got[i]], d[i].min(1).values, rtol=1e-5, atol=0)
+
+
+def test_load_refuses_a_file_with_inconsistent_data(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    memory = GlobalGeometricMemory()
+    memory.initialize(torch.rand(50, 3), colors=torch.rand(50, 3))
+    path = memory.save(tmp_path / "memory.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    state = load_file(str(path))
+    state["colors"] = state["colors"][:10]  # a file edited or written by something else
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(MemoryFileError, match="inconsistent"):
+        GlobalGeometricMemory.load(tmp_path / "bad.safetensors")
