@@ -136,3 +136,15 @@ def test_ctrl_c_leaves_no_half_written_file(tmp_path):
     assert "interrupted" in stderr
     leftovers = [p.name for p in out.iterdir()] if out.exists() else []
     assert not [n for n in leftovers if n.startswith(".")], leftovers  # no temporary files
+
+
+def test_generate_with_a_depth_model_folder(tmp_path, image_and_depth):
+    from test_depth import save_tiny_depth_anything
+
+    model = save_tiny_depth_anything(tmp_path / "tiny-depth", "metric")
+    out = tmp_path / "gen"
+    proc = run("generate", "--image", image_and_depth[0], "--depth-model", model, "--frames", 3, "--reconstruct", "none",
+               "--out", out, "--progress", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json_lines(proc.stdout)[-1]["event"] == "result"
+    assert read_video(out / "video.mp4")[0].shape[0] == 3
