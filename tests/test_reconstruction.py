@@ -221,6 +221,12 @@ def test_point_cloud_from_memory_drops_outliers_and_orients_normals(scene):
     assert torch.allclose(rec.normals.norm(dim=1), torch.ones(len(rec.points)), atol=1e-4)
     assert float(cos.abs().mean()) > 0.95
     assert float((cos > 0).float().mean()) > 0.98  # facing the free space the cameras are in
+    # the same on a proxy cloud of ~20k points (what clouds above knn_max_points go through)
+    proxied = reconstruct(frames, depth, traj, "point_cloud", memory=memory, knn_max_points=20_000)
+    assert float(torch.cdist(proxied.points, outliers).min()) > 1e-3
+    assert len(proxied.points) >= 0.95 * len(true_points)
+    cos = (proxied.normals * surface_normal_and_color(proxied.points)[0]).sum(1)
+    assert float(cos.abs().mean()) > 0.95 and float((cos > 0).float().mean()) > 0.98
 
 
 def test_point_cloud_fuses_depth_maps_without_memory(scene):

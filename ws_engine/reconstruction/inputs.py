@@ -15,7 +15,6 @@ import torch
 
 from ..cameras import CameraParameters, CameraTrajectory
 from ..errors import ConfigError, InvalidCameraError, InvalidDepthError, ShapeMismatchError
-from ..geometry import unproject
 
 __all__ = ["Observations", "Option", "prepare_observations", "check_options", "scene_bounds", "ProgressCallback"]
 
@@ -48,19 +47,30 @@ class Observations(NamedTuple):
         """Camera centres (T,3) in the world."""
         return self.cameras.c2wb[:, :3, 3].to(self.depths.dtype)
 
+    def rays(self, frame: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """World origins (R,3) and directions (R,3) through pixel coordinates u, v (R,) of frames
+        (R,); directions have camera z = 1, so ``origin + depth * direction`` is the point."""
+        K = self.cameras.Kb.to(self.depths.dtype)[frame]
+        c2w = self.cameras.c2wb.to(self.depths.dtype)[frame]
+        y = (v - K[:, 1, 2]) / K[:, 1, 1]
+        x = (u - K[:, 0, 2] - K[:, 0, 1] * y) / K[:, 0, 0]
+        d_cam = torch.stack([x, y, torch.ones_like(x)], 1)
+        return c2w[:, :3, 3], torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)
+
     def depth_points(self, max_points: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """World points (N,3), colours (N,3) and confidences (N,) of every valid depth pixel.
 
         ``max_points`` keeps an evenly strided subset (deterministic) when there are more.
         """
-        valid = self.valid
-        pts = unproject(self.depths, self.cameras)[valid]
-        cols = self.frames.permute(0, 2, 3, 1)[valid]
-        conf = self.confidences[valid]
-        if max_points is not None and len(pts) > max_points:
-            step = math.ceil(len(pts) / max_points)
-            pts, cols, conf = pts[::step], cols[::step], conf[::step]
-        return pts, cols, conf
+        T, H, W = self.depths.shape
+        idx = self.valid.reshape(-1).nonzero().squeeze(1)
+        if max_points is not None and len(idx) > max_points:
+            idx = idx[:: math.ceil(len(idx) / max_points)]
+        frame, pix = idx // (H * W), idx % (H * W)
+        origins, dirs = self.rays(frame, (pix % W).to(self.depths.dtype), (pix // W).to(self.depths.dtype))
+        points = origins + dirs * self.depths.reshape(-1)[idx, None]
+        colors = self.frames.reshape(T, 3, H * W)[frame, :, pix]
+        return points, colors, self.confidences.reshape(-1)[idx]
 
     def pixel_footprint(self) -> float:
         """Median size of one pixel on the surface (depth / focal length), in scene units."""

@@ -23,7 +23,7 @@ from ..geometry import project, render_points
 from .inputs import Observations
 from .rasterize import rasterize_depth
 from .types import Mesh
-from .visibility import frame_visibility
+from .visibility import frame_visibility, visible_frames
 
 __all__ = ["COVERAGE_TOLERANCE", "VISIBILITY_TOLERANCE", "SMOOTH_TOLERANCE", "coverage", "sample_depth", "reprojection_error", "quality_metrics"]
 
@@ -71,11 +71,8 @@ def sample_depth(depth: torch.Tensor, uv: torch.Tensor, smooth_tol: float = SMOO
 
 def _lift(uv: torch.Tensor, depth: torch.Tensor, obs: Observations, t: int) -> torch.Tensor:
     """World points (N,3) at pixels uv (N,2) with depth (N,) in frame t."""
-    K, c2w = obs.cameras.Kb[t].to(uv.dtype), obs.cameras.c2wb[t].to(uv.dtype)
-    x = (uv[:, 0] - K[0, 2] - K[0, 1] * (uv[:, 1] - K[1, 2]) / K[1, 1]) / K[0, 0]
-    y = (uv[:, 1] - K[1, 2]) / K[1, 1]
-    cam = torch.stack([x, y, torch.ones_like(x)], 1) * depth[:, None]
-    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+    origins, dirs = obs.rays(torch.full((len(uv),), t, device=uv.device), uv[:, 0], uv[:, 1])
+    return origins + dirs * depth[:, None]
 
 
 def reprojection_error(points: torch.Tensor, obs: Observations, max_samples: int = 20_000, seed: int = 0,
@@ -83,9 +80,7 @@ def reprojection_error(points: torch.Tensor, obs: Observations, max_samples: int
     """Mean reprojection error in pixels over multi-view points and the number of points seen in
     at least two frames (see module doc). The error is 0.0 when no point is seen twice."""
     T = obs.num_frames
-    count = torch.zeros(len(points), dtype=torch.int32, device=points.device)
-    for t in range(T):
-        count += frame_visibility(points, obs, t, rel_tol)[3]
+    count = visible_frames(points, obs, rel_tol).sum(0)
     multi = (count >= 2).nonzero().squeeze(1)
     if len(multi) == 0:
         return 0.0, 0

@@ -168,15 +168,9 @@ def initialize_from_depth(field: VoxelRadianceField, obs: Observations) -> int:
 
 
 def _rays(obs: Observations, frame: torch.Tensor, pix: torch.Tensor):
-    """World origins (R,3) and directions (R,3) (camera z = 1, so ray length = depth) of pixels."""
+    """World origins (R,3) and directions (R,3) (camera z = 1) of flat pixel indices pix (R,) of frames (R,)."""
     W = obs.depths.shape[-1]
-    u, v = (pix % W).float(), (pix // W).float()
-    K = obs.cameras.Kb.float()[frame]
-    c2w = obs.cameras.c2wb.float()[frame]
-    y = (v - K[:, 1, 2]) / K[:, 1, 1]
-    x = (u - K[:, 0, 2] - K[:, 0, 1] * y) / K[:, 0, 0]
-    d_cam = torch.stack([x, y, torch.ones_like(x)], 1)
-    return c2w[:, :3, 3], torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)
+    return obs.rays(frame, (pix % W).float(), (pix // W).float())
 
 
 def _box_interval(origins, dirs, lo, hi, near: float):

@@ -37,7 +37,6 @@ MESH_OPTIONS = {
     "min_component_faces": Option(32, int, 0),
 }
 MAX_VOXELS_PER_AXIS = 1024
-_CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
 
 
 @dataclass
@@ -206,16 +205,16 @@ def compact_vertices(faces: torch.Tensor, *per_vertex: torch.Tensor):
 
 
 def _vertex_colors(vol: TSDFVolume, verts: torch.Tensor) -> torch.Tensor:
-    """Trilinear colours (V,3) at vertices (grid units) from the stored voxels that saw colour."""
-    base = torch.floor(verts).long()
-    frac = verts - base
+    """Colours (V,3) at marching-cubes vertices (grid units): linear along the cube edge each lies
+    on, between its two voxels (falling back to the one that saw colour)."""
+    lo, hi = torch.floor(verts).long(), torch.ceil(verts).long()
+    frac = (verts - lo).amax(1)  # the one fractional coordinate
     acc = torch.zeros(len(verts), 3, device=verts.device)
     wsum = torch.zeros(len(verts), device=verts.device)
-    for corner in _CORNERS.to(verts.device):
-        rows = vol.rows(base + corner)
-        w = torch.where(corner.bool(), frac, 1 - frac).prod(1)
-        ok = rows >= 0
-        w = torch.where(ok, w * (vol.color_weight[rows.clamp(min=0)] > 0), 0.0)
+    for idx, w in ((lo, 1 - frac), (hi, frac)):
+        rows = vol.rows(idx)
+        ok = (rows >= 0) & (vol.color_weight[rows.clamp(min=0)] > 0)
+        w = torch.where(ok, w + 1e-6, 0.0)
         acc += w[:, None] * vol.color[rows.clamp(min=0)]
         wsum += w
     return (acc / wsum.clamp(min=1e-12)[:, None]).clamp(0, 1)

@@ -32,6 +32,26 @@ def frame_visibility(points: torch.Tensor, obs: Observations, t: int, rel_tol: f
     return uv, z, flat, visible
 
 
-def visible_frames(points: torch.Tensor, obs: Observations, rel_tol: float) -> torch.Tensor:
-    """(T,N) bool: frame t sees point n (see :func:`frame_visibility`)."""
-    return torch.stack([frame_visibility(points, obs, t, rel_tol)[3] for t in range(obs.num_frames)])
+def visible_frames(points: torch.Tensor, obs: Observations, rel_tol: float, chunk: int = 131_072) -> torch.Tensor:
+    """(T,N) bool: frame t sees point n (see :func:`frame_visibility`).
+
+    All frames at once per chunk of points: one (3T,4) x (4,chunk) product gives every pixel
+    coordinate, one gather every depth."""
+    T, H, W = obs.depths.shape
+    dtype = points.dtype
+    w2c = obs.cameras.w2c.to(dtype).reshape(T, 4, 4)
+    P = torch.matmul(obs.cameras.Kb.to(dtype), w2c[:, :3, :]).reshape(3 * T, 4)
+    depth = obs.depths.reshape(T, H * W)
+    out = torch.empty(T, len(points), dtype=torch.bool, device=points.device)
+    for s in range(0, len(points), chunk):
+        uvz = torch.addmm(P[:, 3:], P[:, :3], points[s : s + chunk].T).view(T, 3, -1)
+        u, v, z = uvz.unbind(1)
+        front = z > 0
+        inv = torch.where(front, z, 1.0).reciprocal_()
+        u = u.mul(inv).round_()
+        v = v.mul(inv).round_()
+        ok = front & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
+        flat = v.clamp_(0, H - 1).mul_(W).add_(u.clamp_(0, W - 1)).long()
+        d = depth.gather(1, flat)
+        out[:, s : s + chunk] = ok & (d > 0) & ((z - d).abs() <= rel_tol * d)
+    return out
