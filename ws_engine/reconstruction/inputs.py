@@ -49,13 +49,29 @@ class Observations(NamedTuple):
 
     def rays(self, frame: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World origins (R,3) and directions (R,3) through pixel coordinates u, v (R,) of frames
-        (R,); directions have camera z = 1, so ``origin + depth * direction`` is the point."""
-        K = self.cameras.Kb.to(self.depths.dtype)[frame]
-        c2w = self.cameras.c2wb.to(self.depths.dtype)[frame]
-        y = (v - K[:, 1, 2]) / K[:, 1, 1]
-        x = (u - K[:, 0, 2] - K[:, 0, 1] * y) / K[:, 0, 0]
-        d_cam = torch.stack([x, y, torch.ones_like(x)], 1)
-        return c2w[:, :3, 3], torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)
+        (R,); directions have camera z = 1, so ``origin + depth * direction`` is the point.
+
+        Works frame by frame on the rays of each frame (no per-ray copy of the camera matrices).
+        """
+        dtype = u.dtype
+        K, c2w = self.cameras.Kb.to(dtype), self.cameras.c2wb.to(dtype)
+        is_sorted = len(frame) < 2 or bool((frame[1:] >= frame[:-1]).all())
+        order = None if is_sorted else torch.argsort(frame, stable=True)
+        counts = torch.bincount(frame, minlength=len(K)).tolist()
+        origins = torch.empty(len(u), 3, dtype=dtype, device=u.device)
+        dirs = torch.empty_like(origins)
+        start = 0
+        for t, n in enumerate(counts):
+            if n == 0:
+                continue
+            rows = slice(start, start + n) if order is None else order[start : start + n]
+            start += n
+            y = (v[rows] - K[t, 1, 2]) / K[t, 1, 1]
+            x = (u[rows] - K[t, 0, 2] - K[t, 0, 1] * y) / K[t, 0, 0]
+            d_cam = torch.stack([x, y, torch.ones_like(x)], 1)
+            dirs[rows] = d_cam @ c2w[t, :3, :3].T
+            origins[rows] = c2w[t, :3, 3]
+        return origins, dirs
 
     def depth_points(self, max_points: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """World points (N,3), colours (N,3) and confidences (N,) of every valid depth pixel.

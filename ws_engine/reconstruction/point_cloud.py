@@ -3,12 +3,15 @@
 Points come from the Global-Geometric Memory when one is given (it already fused every frame),
 else from the frames' depth maps, unprojected and merged per voxel (confidence-weighted mean; by
 default a voxel of one pixel at the median depth).
+
 Outliers are points whose mean distance to their k nearest neighbours is beyond mean + n·std of
-that statistic over the cloud (a second round takes mean and std over the first round's inliers). Normals are the smallest principal axis of the k nearest inliers,
-oriented towards the cameras whose frames see the point (projection + depth agreement): unlike
-"towards the nearest camera", this stays right for a thin wall or an object seen from one side
-only, and it does not trust finite differences of a depth map at its edges. A point no frame sees
-(e.g. memory points from views that are not among the frames) faces its nearest camera centre.
+that statistic over the cloud (a second round takes mean and std over the first round's inliers).
+Normals are the smallest principal axis of the k nearest inliers, oriented towards the cameras
+whose frames see the point (projection + depth agreement): unlike "towards the nearest camera",
+this stays right for a thin wall or an object seen from one side only, and it does not trust
+finite differences of a depth map at its edges. A point no frame sees (e.g. memory points from
+views that are not among the frames) faces its nearest camera centre.
+
 Neighbour search (scipy cKDTree) dominates the cost, so above ``knn_max_points`` points the
 statistics run on a voxel-merged proxy cloud (see :func:`neighborhood_analysis`).
 """
@@ -77,16 +80,20 @@ def _group_means(inverse: torch.Tensor, m: int, values: torch.Tensor, weights: t
     return out / wsum[:, None]
 
 
+def _merge(inverse: torch.Tensor, m: int, points: torch.Tensor, colors: torch.Tensor, weights: torch.Tensor):
+    """Weighted mean points (M,3) and colours (M,3) and summed weights (M,) of M groups."""
+    w = weights.clamp(min=1e-6)
+    wsum = torch.zeros(m, dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
+    return _group_means(inverse, m, points, w), _group_means(inverse, m, colors, w).clamp(0, 1), wsum
+
+
 def voxel_merge(points: torch.Tensor, colors: torch.Tensor, weights: torch.Tensor, voxel_size: float):
     """Merge the points (N,3) of each cube of side ``voxel_size`` into their weighted mean.
 
     Returns points (M,3), colors (M,3) (weighted means) and weights (M,) (sums), M <= N, in
     x-major voxel order.
     """
-    inverse, m = voxel_groups(points, voxel_size)
-    w = weights.clamp(min=1e-6)
-    wsum = torch.zeros(m, dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
-    return _group_means(inverse, m, points, w), _group_means(inverse, m, colors, w).clamp(0, 1), wsum
+    return _merge(*voxel_groups(points, voxel_size), points, colors, weights)
 
 
 def fit_voxel(points: torch.Tensor, max_groups: int, voxel_size: float) -> tuple[torch.Tensor, int]:
@@ -104,10 +111,7 @@ def downsample(points, colors, weights, max_points: int, voxel_size: float):
     """Voxel-merge with a growing voxel until at most ``max_points`` remain (no-op below it)."""
     if len(points) <= max_points:
         return points, colors, weights
-    inverse, m = fit_voxel(points, max_points, voxel_size)
-    w = weights.clamp(min=1e-6)
-    wsum = torch.zeros(m, dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
-    return _group_means(inverse, m, points, w), _group_means(inverse, m, colors, w).clamp(0, 1), wsum
+    return _merge(*fit_voxel(points, max_points, voxel_size), points, colors, weights)
 
 
 def knn(points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +175,8 @@ def smallest_eigenvector(moments: torch.Tensor) -> torch.Tensor:
     norms = cands.norm(dim=2)
     length, which = norms.max(1)
     best = cands[torch.arange(len(m), device=m.device), which]
-    n = torch.where((length > 1e-12)[:, None], best / length.clamp(min=1e-300)[:, None], torch.tensor([0.0, 0.0, 1.0], dtype=m.dtype, device=m.device))
+    any_axis = torch.tensor([0.0, 0.0, 1.0], dtype=m.dtype, device=m.device)
+    n = torch.where((length > 1e-12)[:, None], best / length.clamp(min=1e-300)[:, None], any_axis)
     return n.to(moments.dtype)
 
 

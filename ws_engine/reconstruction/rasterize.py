@@ -26,9 +26,14 @@ def rasterize_depth(vertices: torch.Tensor, faces: torch.Tensor, camera: CameraP
     """
     H, W = camera.height, camera.width
     uv, z = project(vertices, camera)
-    tz = z[faces]
-    keep = (tz > near).all(1)
-    tri, tz = uv[faces[keep]], tz[keep]  # (F,3,2), (F,3)
+    # outcodes: a triangle whose three vertices are all beyond one image side (or behind the near
+    # plane) cannot cover a pixel
+    code = ((uv[:, 0] < 0).int() | (uv[:, 0] > W - 1).int() << 1 | (uv[:, 1] < 0).int() << 2
+            | (uv[:, 1] > H - 1).int() << 3 | (z <= near).int() << 4)  # fmt: skip
+    c = code[faces]
+    keep = ((c[:, 0] & c[:, 1] & c[:, 2]) == 0) & ((c[:, 0] | c[:, 1] | c[:, 2]) & 16 == 0)
+    faces = faces[keep]
+    tri, tz = uv[faces], z[faces]  # (F,3,2), (F,3)
     lo, hi = tri.min(1).values, tri.max(1).values
     umin, vmin = lo[:, 0].ceil().clamp(min=0), lo[:, 1].ceil().clamp(min=0)
     umax, vmax = hi[:, 0].floor().clamp(max=W - 1), hi[:, 1].floor().clamp(max=H - 1)

@@ -3,7 +3,8 @@
 The volume is block-sparse: only blocks of ``b`` voxels (b = the truncation in voxels) that hold a
 depth point or touch such a block are stored, which keeps every voxel within the truncation band
 of an observed surface and skips the empty space (about a third of a dense 256³ grid for a room).
-Each frame updates every stored voxel in one vectorised pass: project the voxel centres, look up
+Each frame updates the stored voxels of the blocks in its view (a bounding-sphere test per block)
+in one vectorised pass: project the voxel centres, look up
 the depth at the nearest pixel, and fold the truncated signed distance (positive in front of the
 surface) and the pixel colour into confidence-weighted running means. Voxels farther than the
 truncation behind the surface are left alone (they may be hidden solid or another surface).
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError, EmptyPointCloudError
 from ..geometry import project
@@ -27,7 +29,7 @@ from .inputs import Observations, Option, scene_bounds
 from .types import Mesh, vertex_normals
 from .visibility import nearest_pixel
 
-__all__ = ["MESH_OPTIONS", "TSDFVolume", "plan_grid", "allocate_volume", "integrate_frame", "extract_mesh", "reconstruct_mesh"]
+__all__ = ["MESH_OPTIONS", "TSDFVolume", "plan_grid", "allocate_volume", "blocks_in_view", "integrate_frame", "extract_mesh", "reconstruct_mesh"]
 
 MESH_OPTIONS = {
     "voxel_size": Option(None, float, 0, low_open=True, optional=True),
@@ -44,8 +46,8 @@ class TSDFVolume:
     """A block-sparse TSDF.
 
     origin (3,): world position of voxel (0,0,0)'s centre; voxel_size; dims (X,Y,Z) of the full
-    grid; block: block side in voxels; block_row (X/b,Y/b,Z/b) int64: row of each block, -1 when not
-    stored. Per stored voxel (M = blocks·b³, block-major): voxels (M,3) long grid indices,
+    grid; block: block side in voxels; blocks (B,3) long: stored blocks (block grid indices);
+    block_row (X/b,Y/b,Z/b) int64: row of each block, -1 when not stored. Per stored voxel (M = blocks·b³, block-major): voxels (M,3) long grid indices,
     tsdf (M,) in [-1,1] (signed distance / truncation, positive in front), weight (M,),
     color (M,3), color_weight (M,).
     """
@@ -54,6 +56,7 @@ class TSDFVolume:
     voxel_size: float
     dims: tuple[int, int, int]
     block: int
+    blocks: torch.Tensor
     block_row: torch.Tensor
     voxels: torch.Tensor
     tsdf: torch.Tensor
@@ -102,37 +105,51 @@ def allocate_volume(obs: Observations, origin: torch.Tensor, voxel: float, dims,
     pts = obs.depth_points()[0]
     blk = torch.round((pts - origin) / voxel).long().div_(block, rounding_mode="floor")
     blk = blk.clamp(min=torch.zeros(3, dtype=torch.long, device=dev), max=torch.tensor(nb, device=dev) - 1)
-    key = torch.unique((blk[:, 0] * nb[1] + blk[:, 1]) * nb[2] + blk[:, 2])
-    occupied = torch.stack([key // (nb[1] * nb[2]), key // nb[2] % nb[1], key % nb[2]], 1)
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=dev)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    grown = (occupied[:, None] + offsets).reshape(-1, 3)
-    ok = ((grown >= 0) & (grown < torch.tensor(nb, device=dev))).all(1)
-    grown = grown[ok]
-    key = torch.unique((grown[:, 0] * nb[1] + grown[:, 1]) * nb[2] + grown[:, 2])
-    blocks = torch.stack([key // (nb[1] * nb[2]), key // nb[2] % nb[1], key % nb[2]], 1)
+    occupied = torch.zeros(nb, device=dev)
+    occupied[blk[:, 0], blk[:, 1], blk[:, 2]] = 1.0
+    grown = F.max_pool3d(occupied[None, None], 3, 1, 1)[0, 0] > 0  # the 26 neighbours too
+    blocks = grown.nonzero()
     block_row = torch.full(nb, -1, dtype=torch.long, device=dev)
     block_row[blocks[:, 0], blocks[:, 1], blocks[:, 2]] = torch.arange(len(blocks), device=dev)
     local = torch.stack(torch.meshgrid(*[torch.arange(block, device=dev)] * 3, indexing="ij"), -1).reshape(-1, 3)
     voxels = (blocks[:, None] * block + local).reshape(-1, 3)
     m = len(voxels)
     return TSDFVolume(
-        origin=origin, voxel_size=voxel, dims=tuple(dims), block=block, block_row=block_row, voxels=voxels,
+        origin=origin, voxel_size=voxel, dims=tuple(dims), block=block, blocks=blocks, block_row=block_row, voxels=voxels,
         tsdf=torch.ones(m, device=dev), weight=torch.zeros(m, device=dev),
         color=torch.zeros(m, 3, device=dev), color_weight=torch.zeros(m, device=dev),
     )  # fmt: skip
 
 
+def blocks_in_view(vol: TSDFVolume, camera) -> torch.Tensor:
+    """Rows (M',) of the stored voxels whose block may appear in the camera's image: the block's
+    bounding sphere projects into the image (or reaches behind the camera plane)."""
+    b, v = vol.block, vol.voxel_size
+    centers = vol.origin + (vol.blocks.to(vol.origin.dtype) * b + (b - 1) / 2) * v
+    radius = b * v * math.sqrt(3) / 2
+    uv, z = project(centers, camera)
+    margin = radius * float(camera.Kb[0, :2, :2].abs().max()) / z.clamp(min=1e-6)
+    near = z <= radius
+    inside = (uv[:, 0] >= -margin) & (uv[:, 0] <= camera.width - 1 + margin)
+    inside &= (uv[:, 1] >= -margin) & (uv[:, 1] <= camera.height - 1 + margin)
+    keep = (near | inside) & (z > -radius)
+    blocks = keep.nonzero().squeeze(1)
+    return (blocks[:, None] * b**3 + torch.arange(b**3, device=blocks.device)).reshape(-1)
+
+
 def integrate_frame(vol: TSDFVolume, centers: torch.Tensor, obs: Observations, t: int, truncation: float, min_confidence: float) -> None:
-    """Fold frame t into the running means of every stored voxel (one batched pass)."""
+    """Fold frame t into the running means of the stored voxels it may see (one batched pass).
+
+    centers: (M,3) world positions of all stored voxels (``vol.centers()``)."""
     H, W = obs.depths.shape[-2:]
     trunc = truncation * vol.voxel_size
-    uv, z = project(centers, obs.cameras[t])
+    rows = blocks_in_view(vol, obs.cameras[t])
+    uv, z = project(centers[rows], obs.cameras[t])
     flat, inside = nearest_pixel(uv, z, H, W)
-    rows = inside.nonzero().squeeze(1)
-    pix = flat[rows]
+    rows, pix, z = rows[inside], flat[inside], z[inside]
     d = obs.depths[t].reshape(-1)[pix]
     w = obs.confidences[t].reshape(-1)[pix]
-    sdf = d - z[rows]
+    sdf = d - z
     ok = (d > 0) & (w > 0) & (w >= min_confidence) & (sdf > -trunc)
     rows, pix, w, sdf = rows[ok], pix[ok], w[ok], sdf[ok]
     w_old = vol.weight[rows]
@@ -149,14 +166,15 @@ def integrate_frame(vol: TSDFVolume, centers: torch.Tensor, obs: Observations, t
 
 def _dense(vol: TSDFVolume) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense TSDF (X,Y,Z) (1 where unobserved) and observed mask (X,Y,Z) bool."""
-    tsdf = torch.ones(vol.dims, device=vol.tsdf.device)
-    seen = torch.zeros(vol.dims, dtype=torch.bool, device=vol.tsdf.device)
+    X, Y, Z = vol.dims
     v = vol.voxels
-    inside = (v < torch.tensor(vol.dims, device=v.device)).all(1)
-    v = v[inside]
-    tsdf[v[:, 0], v[:, 1], v[:, 2]] = vol.tsdf[inside]
-    seen[v[:, 0], v[:, 1], v[:, 2]] = vol.weight[inside] > 0
-    return tsdf, seen
+    inside = ((v[:, 0] < X) & (v[:, 1] < Y) & (v[:, 2] < Z)).nonzero().squeeze(1)
+    flat = (v[inside, 0] * Y + v[inside, 1]) * Z + v[inside, 2]
+    tsdf = torch.ones(X * Y * Z, device=v.device)
+    seen = torch.zeros(X * Y * Z, dtype=torch.bool, device=v.device)
+    tsdf[flat] = vol.tsdf[inside]
+    seen[flat] = vol.weight[inside] > 0
+    return tsdf.view(X, Y, Z), seen.view(X, Y, Z)
 
 
 def observed_edges(verts: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
@@ -167,9 +185,11 @@ def observed_edges(verts: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     return seen[lo[:, 0], lo[:, 1], lo[:, 2]] & seen[hi[:, 0], hi[:, 1], hi[:, 2]]
 
 
-def uphill(verts: torch.Tensor, faces: torch.Tensor, tsdf: torch.Tensor) -> bool:
+def uphill(verts: torch.Tensor, faces: torch.Tensor, tsdf: torch.Tensor, max_faces: int = 65_536) -> bool:
     """Whether the right-hand normals of faces over verts (grid units) point to increasing values
-    of the volume ``tsdf`` (X,Y,Z) (free space for a TSDF), by majority."""
+    of the volume ``tsdf`` (X,Y,Z) (free space for a TSDF), by majority of an even sample of faces
+    (marching cubes orients all faces alike)."""
+    faces = faces[:: max(1, len(faces) // max_faces)]
     a, b, c = verts[faces].unbind(1)
     n = torch.cross(b - a, c - a, dim=-1)
     n = n / n.norm(dim=1, keepdim=True).clamp(min=1e-12)
@@ -200,8 +220,10 @@ def _large_components(faces: torch.Tensor, num_vertices: int, min_faces: int) ->
 
 def compact_vertices(faces: torch.Tensor, *per_vertex: torch.Tensor):
     """Drop unreferenced vertices: faces renumbered and each per-vertex tensor (V,...) subset."""
-    used, inverse = torch.unique(faces.reshape(-1), return_inverse=True)
-    return (inverse.reshape(-1, 3), *[x[used] for x in per_vertex])
+    used = torch.zeros(len(per_vertex[0]), dtype=torch.bool, device=faces.device)
+    used[faces.reshape(-1)] = True
+    new_index = torch.cumsum(used, 0) - 1
+    return (new_index[faces], *[x[used] for x in per_vertex])
 
 
 def _vertex_colors(vol: TSDFVolume, verts: torch.Tensor) -> torch.Tensor:
