@@ -335,44 +335,36 @@ def test_uint8_frames_are_scaled(scene):
     assert 0.1 < float(rec.colors.mean()) < 0.9
 
 
-def _bad_inputs(scene):
-    traj, frames, depth, _, _ = scene
-    conf = torch.ones_like(depth)
-    return {
-        "unknown method": (dict(method="voxels"), UnknownNameError, "point_cloud"),
-        "unknown option": (dict(outlier_neighbours=8), ConfigError, "outlier_neighbors"),
-        "option of another method": (dict(method="mesh", outlier_std=2.0), ConfigError, "truncation"),
-        "bad option value": (dict(outlier_std=-1.0), ConfigError, "outlier_std"),
-        "bad option type": (dict(method="mesh", resolution=1.5), ConfigError, "integer"),
-        "bad export": (dict(method="neural_field", export="obj"), ConfigError, "points, mesh"),
-        "channels last": (dict(frames=frames.permute(0, 2, 3, 1)), ShapeMismatchError, "permute"),
-        "frames out of range": (dict(frames=frames * 255), ConfigError, "255"),
-        "depth size": (dict(depths=depth[:, :64]), InvalidDepthError, "match the frames"),
-        "depth count": (dict(depths=depth[:3]), InvalidDepthError, "one map per frame"),
-        "no valid depth": (dict(depths=torch.zeros_like(depth)), InvalidDepthError, "valid depth"),
-        "no confident depth": (dict(confidences=torch.zeros_like(depth)), InvalidDepthError, "confidence 0"),
-        "confidence range": (dict(confidences=conf * 2), ConfigError, r"\[0,1\]"),
-        "camera count": (dict(cameras=traj[:5]), ShapeMismatchError, "one camera per frame"),
-        "camera size": (dict(cameras=traj.rescale(64, 64)), ShapeMismatchError, "rescale"),
-        "camera type": (dict(cameras="front"), ShapeMismatchError, "CameraTrajectory"),
-        "memory type": (dict(memory=[1, 2, 3]), ShapeMismatchError, "GlobalGeometricMemory"),
-        "panorama": (dict(cameras=CameraTrajectory.from_poses(traj.c2w, width=128, height=128, model="equirectangular")),
-                     InvalidCameraError, "pinhole"),  # fmt: skip
-    }
+BAD_INPUTS = {  # case: (the arguments to change, given t=trajectory, f=frames, d=depth), error, message)
+    "unknown method": (lambda t, f, d: dict(method="voxels"), UnknownNameError, "point_cloud"),
+    "unknown option": (lambda t, f, d: dict(outlier_neighbours=8), ConfigError, "outlier_neighbors"),
+    "option of another method": (lambda t, f, d: dict(method="mesh", outlier_std=2.0), ConfigError, "truncation"),
+    "bad option value": (lambda t, f, d: dict(outlier_std=-1.0), ConfigError, "outlier_std"),
+    "bad option type": (lambda t, f, d: dict(method="mesh", resolution=1.5), ConfigError, "integer"),
+    "bad export": (lambda t, f, d: dict(method="neural_field", export="obj"), ConfigError, "points, mesh"),
+    "channels last": (lambda t, f, d: dict(frames=f.permute(0, 2, 3, 1)), ShapeMismatchError, "permute"),
+    "frames out of range": (lambda t, f, d: dict(frames=f * 255), ConfigError, "255"),
+    "depth size": (lambda t, f, d: dict(depths=d[:, :64]), InvalidDepthError, "match the frames"),
+    "depth count": (lambda t, f, d: dict(depths=d[:3]), InvalidDepthError, "one map per frame"),
+    "no valid depth": (lambda t, f, d: dict(depths=torch.zeros_like(d)), InvalidDepthError, "valid depth"),
+    "no confident depth": (lambda t, f, d: dict(confidences=torch.zeros_like(d)), InvalidDepthError, "confidence 0"),
+    "confidence range": (lambda t, f, d: dict(confidences=torch.full_like(d, 2.0)), ConfigError, r"\[0,1\]"),
+    "camera count": (lambda t, f, d: dict(cameras=t[:5]), ShapeMismatchError, "one camera per frame"),
+    "camera size": (lambda t, f, d: dict(cameras=t.rescale(64, 64)), ShapeMismatchError, "rescale"),
+    "camera type": (lambda t, f, d: dict(cameras="front"), ShapeMismatchError, "CameraTrajectory"),
+    "memory type": (lambda t, f, d: dict(memory=[1, 2, 3]), ShapeMismatchError, "GlobalGeometricMemory"),
+    "panorama": (lambda t, f, d: dict(cameras=CameraTrajectory.from_poses(t.c2w, width=128, height=128, model="equirectangular")),
+                 InvalidCameraError, "pinhole"),
+}
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["unknown method", "unknown option", "option of another method", "bad option value", "bad option type",
-     "bad export", "channels last", "frames out of range", "depth size", "depth count", "no valid depth",
-     "no confident depth", "confidence range", "camera count", "camera size", "camera type", "memory type",
-     "panorama"],
-)  # fmt: skip
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_inputs_raise_before_any_work(scene, case):
     traj, frames, depth, _, _ = scene
-    change, error, message = _bad_inputs(scene)[case]
-    args = dict(frames=frames, depths=depth, cameras=traj, method="point_cloud") | change
+    change, error, message = BAD_INPUTS[case]
+    args = dict(frames=frames, depths=depth, cameras=traj, method="point_cloud") | change(traj, frames, depth)
     calls = []
     with pytest.raises(error, match=message):
-        reconstruct(args.pop("frames"), args.pop("depths"), args.pop("cameras"), progress_callback=lambda *a: calls.append(a), **args)
+        reconstruct(args.pop("frames"), args.pop("depths"), args.pop("cameras"), progress_callback=lambda *a: calls.append(a),
+                    **args)  # fmt: skip
     assert calls == []  # nothing started

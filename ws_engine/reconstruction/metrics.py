@@ -25,7 +25,15 @@ from .rasterize import rasterize_depth
 from .types import Mesh
 from .visibility import frame_visibility, visible_frames
 
-__all__ = ["COVERAGE_TOLERANCE", "VISIBILITY_TOLERANCE", "SMOOTH_TOLERANCE", "coverage", "sample_depth", "reprojection_error", "quality_metrics"]
+__all__ = [
+    "COVERAGE_TOLERANCE",
+    "VISIBILITY_TOLERANCE",
+    "SMOOTH_TOLERANCE",
+    "coverage",
+    "sample_depth",
+    "reprojection_error",
+    "quality_metrics",
+]
 
 COVERAGE_TOLERANCE = 0.05
 VISIBILITY_TOLERANCE = 0.1

@@ -295,7 +295,7 @@ def _render_pixels(field: VoxelRadianceField, obs: Observations, frame: torch.Te
         origins, dirs = _rays(obs, frame[s : s + _RAY_CHUNK], pix[s : s + _RAY_CHUNK])
         color, _, acc, surface, _ = render_rays(field, origins, dirs, n_samples, near)
         outs.append((color, acc, surface, origins, dirs))
-    return [torch.cat(x) for x in zip(*outs)]
+    return [torch.cat(x) for x in zip(*outs, strict=True)]
 
 
 def field_psnr(field: VoxelRadianceField, obs: Observations, num_rays: int, n_samples: int, seed: int) -> float:

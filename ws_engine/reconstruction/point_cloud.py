@@ -180,7 +180,9 @@ def smallest_eigenvector(moments: torch.Tensor) -> torch.Tensor:
     return n.to(moments.dtype)
 
 
-def pca_normals(points: torch.Tensor, neighbors: torch.Tensor, usable: torch.Tensor | None = None, chunk: int = 65_536) -> torch.Tensor:
+def pca_normals(
+    points: torch.Tensor, neighbors: torch.Tensor, usable: torch.Tensor | None = None, chunk: int = 65_536
+) -> torch.Tensor:
     """Unit normals (N,3): the least-variance axis of each point and its neighbours (N,k).
 
     usable: (N,k) bool, neighbours to count (e.g. not outliers); the point itself always counts.
@@ -192,7 +194,10 @@ def pca_normals(points: torch.Tensor, neighbors: torch.Tensor, usable: torch.Ten
     for s in range(0, len(points), chunk):
         p = points[s : s + chunk]
         q = points[neighbors[s : s + chunk]] - p[:, None]  # (c,k,3); the point itself adds q = 0
-        w = torch.ones(q.shape[:2], dtype=q.dtype, device=q.device) if usable is None else usable[s : s + chunk].to(q.dtype)
+        if usable is None:
+            w = torch.ones(q.shape[:2], dtype=q.dtype, device=q.device)
+        else:
+            w = usable[s : s + chunk].to(q.dtype)
         q = q * w[..., None]
         count = w.sum(1) + 1
         mean = q.sum(1) / count[:, None]
@@ -268,7 +273,7 @@ def _proxy_voxel(points: torch.Tensor, count: int) -> float:
     return float((points.max(0).values - points.min(0).values).max()) / count**0.5
 
 
-def reconstruct_point_cloud(obs: Observations, memory, opts: dict, progress) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def reconstruct_point_cloud(obs: Observations, memory, opts: dict, progress):
     """Points (N,3), colours (N,3), oriented normals (N,3) and method figures (see module doc)."""
     pts, cols, wts, from_memory = _source_points(obs, memory, opts)
     progress(1, 2, "point_cloud: fused points")

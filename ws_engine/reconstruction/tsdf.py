@@ -1,13 +1,13 @@
 """Mesh reconstruction: TSDF fusion of the depth maps (batched torch), then marching cubes.
 
-The volume is block-sparse: only blocks of ``b`` voxels (b = the truncation in voxels) that hold a
-depth point or touch such a block are stored, which keeps every voxel within the truncation band
-of an observed surface and skips the empty space (about a third of a dense 256³ grid for a room).
+The volume is block-sparse: only blocks of ``b``³ voxels (b = the truncation in voxels) that hold
+a depth point or touch such a block are stored, which keeps every voxel within the truncation band
+of an observed surface and skips the empty space (a quarter of the dense grid for the test room).
 Each frame updates the stored voxels of the blocks in its view (a bounding-sphere test per block)
-in one vectorised pass: project the voxel centres, look up
-the depth at the nearest pixel, and fold the truncated signed distance (positive in front of the
-surface) and the pixel colour into confidence-weighted running means. Voxels farther than the
-truncation behind the surface are left alone (they may be hidden solid or another surface).
+in one vectorised pass: project the voxel centres, look up the depth at the nearest pixel, and
+fold the truncated signed distance (positive in front of the surface) and the pixel colour into
+confidence-weighted running means. Voxels farther than the truncation behind the surface are left
+alone (they may be hidden solid or another surface).
 
 Marching cubes (scikit-image) runs on the dense TSDF. A vertex is kept only if both voxels of its
 cube edge were observed, so no surface appears where observed space meets unobserved space.
@@ -29,7 +29,19 @@ from .inputs import Observations, Option, scene_bounds
 from .types import Mesh, vertex_normals
 from .visibility import nearest_pixel
 
-__all__ = ["MESH_OPTIONS", "TSDFVolume", "plan_grid", "allocate_volume", "blocks_in_view", "integrate_frame", "extract_mesh", "reconstruct_mesh"]
+__all__ = [
+    "MESH_OPTIONS",
+    "TSDFVolume",
+    "plan_grid",
+    "allocate_volume",
+    "blocks_in_view",
+    "integrate_frame",
+    "observed_edges",
+    "uphill",
+    "compact_vertices",
+    "extract_mesh",
+    "reconstruct_mesh",
+]
 
 MESH_OPTIONS = {
     "voxel_size": Option(None, float, 0, low_open=True, optional=True),
@@ -47,9 +59,9 @@ class TSDFVolume:
 
     origin (3,): world position of voxel (0,0,0)'s centre; voxel_size; dims (X,Y,Z) of the full
     grid; block: block side in voxels; blocks (B,3) long: stored blocks (block grid indices);
-    block_row (X/b,Y/b,Z/b) int64: row of each block, -1 when not stored. Per stored voxel (M = blocks·b³, block-major): voxels (M,3) long grid indices,
-    tsdf (M,) in [-1,1] (signed distance / truncation, positive in front), weight (M,),
-    color (M,3), color_weight (M,).
+    block_row (X/b,Y/b,Z/b) int64: row of each block, -1 when not stored. Per stored voxel
+    (M = B·b³, block-major): voxels (M,3) long grid indices, tsdf (M,) in [-1,1] (signed distance
+    / truncation, positive in front), weight (M,), color (M,3), color_weight (M,).
     """
 
     origin: torch.Tensor
@@ -137,7 +149,9 @@ def blocks_in_view(vol: TSDFVolume, camera) -> torch.Tensor:
     return (blocks[:, None] * b**3 + torch.arange(b**3, device=blocks.device)).reshape(-1)
 
 
-def integrate_frame(vol: TSDFVolume, centers: torch.Tensor, obs: Observations, t: int, truncation: float, min_confidence: float) -> None:
+def integrate_frame(
+    vol: TSDFVolume, centers: torch.Tensor, obs: Observations, t: int, truncation: float, min_confidence: float
+) -> None:
     """Fold frame t into the running means of the stored voxels it may see (one batched pass).
 
     centers: (M,3) world positions of all stored voxels (``vol.centers()``)."""
