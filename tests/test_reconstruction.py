@@ -282,6 +282,17 @@ def test_neural_field_mesh_export(scene):
 # ------------------------------------------------------------------------------------------------
 # metrics
 # ------------------------------------------------------------------------------------------------
+def test_mesh_coverage_is_measured_on_its_triangles(scene, mesh_rec):
+    traj, _, depth, _, _ = scene
+    mesh = mesh_rec.mesh
+    as_mesh = evaluate_reconstruction(mesh.vertices, depth, traj, mesh=mesh)
+    as_points = evaluate_reconstruction(mesh.vertices, depth, traj)
+    assert as_mesh["coverage"] > 0.97 and as_mesh["num_faces"] == mesh.num_faces
+    assert as_points["coverage"] < as_mesh["coverage"]  # vertices alone leave gaps near the cameras
+    with pytest.raises(ShapeMismatchError, match="Mesh"):
+        evaluate_reconstruction(mesh.vertices, depth, traj, mesh=mesh.to_trimesh())
+
+
 def test_coverage_and_reprojection_error(scene):
     traj, _, depth, points, _ = scene
     exact = points.reshape(-1, 3)

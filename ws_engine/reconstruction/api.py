@@ -10,7 +10,7 @@ from .metrics import quality_metrics
 from .neural_field import NEURAL_FIELD_OPTIONS, reconstruct_neural_field
 from .point_cloud import POINT_CLOUD_OPTIONS, reconstruct_point_cloud
 from .tsdf import MESH_OPTIONS, reconstruct_mesh
-from .types import Reconstruction
+from .types import Mesh, Reconstruction
 
 __all__ = ["RECONSTRUCTION_METHODS", "METHOD_OPTIONS", "reconstruct", "evaluate_reconstruction"]
 
@@ -85,6 +85,8 @@ def evaluate_reconstruction(points, depths, cameras, *, mesh=None, max_samples: 
     pts = torch.as_tensor(points).float() if not isinstance(points, torch.Tensor) else points.float()
     if pts.dim() != 2 or pts.shape[1] != 3:
         raise ShapeMismatchError(f"points must have shape (N,3), got {tuple(pts.shape)}.")
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ShapeMismatchError(f"mesh must be a ws_engine.reconstruction.Mesh or None, got {type(mesh).__name__}.")
     d = torch.as_tensor(depths)
     if d.dim() != 3:
         raise ShapeMismatchError(f"depths must have shape (T,H,W), got {tuple(d.shape)}.")
