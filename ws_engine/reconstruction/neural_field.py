@@ -230,7 +230,7 @@ def render_rays(field: VoxelRadianceField, origins, dirs, n_samples: int, near: 
     g = g.view(-1, 3)
     tau = F.softplus(field.sample(field.density, g)[0]).view(t.shape) * (step * scale)[:, None]
     # transmittance after each sample; optical depth capped at 30 (transmittance 1e-13) so that
-    # neither it nor its gradients reach float32 denormals (which slow the CPU down ~15x)
+    # neither it nor its gradients sink towards float32 denormals (slow on CPUs)
     after = torch.exp(-torch.cumsum(tau, 1).clamp(max=_MAX_OPTICAL_DEPTH))
     w = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], 1) - after  # T_i · alpha_i
     heavy = (w.detach() > _MIN_WEIGHT).view(-1).nonzero().squeeze(1)
