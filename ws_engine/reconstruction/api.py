@@ -48,13 +48,15 @@ def reconstruct(
         confidences: optional (T,H,W) in [0,1] weighting each depth pixel (1 = seen by the memory).
         progress_callback: ``progress_callback(step, total, info)`` between frames/iterations; it
             may raise (e.g. GenerationCancelled) to stop.
-        **options: method options (``METHOD_OPTIONS[method]`` lists names and defaults), e.g.
-            point_cloud: voxel_size, max_points, remove_outliers, outlier_neighbors=16,
-            outlier_std=2.5, normal_neighbors=16, min_confidence; mesh: voxel_size,
-            resolution=256, truncation=4 (voxels), min_confidence, min_component_faces=32;
-            neural_field: resolution=96, iterations=250, rays_per_batch=4096, samples_per_ray=48,
-            learning_rate, depth_weight, tv_weight, seed, export="points" | "mesh", max_points,
-            density_threshold, eval_rays.
+        **options: method options (``METHOD_OPTIONS[method]`` lists names and defaults):
+            point_cloud: voxel_size (fusion voxel; default one pixel at the median depth),
+            max_points, remove_outliers=True, outlier_neighbors=16, outlier_std=2.5,
+            normal_neighbors=16, knn_max_points=500_000, min_confidence=0;
+            mesh: voxel_size (default longest side / resolution), resolution=256, truncation=4
+            (voxels), min_confidence=0, min_component_faces=32;
+            neural_field: resolution=96, iterations=250, rays_per_batch=4096, samples_per_ray=32,
+            learning_rate=0.05, depth_weight=0.2, tv_weight=0.01, seed=0, export="points" |
+            "mesh", max_points=300_000, density_threshold=1.0, eval_rays=16_384.
     Returns:
         Reconstruction(points, colors, normals, mesh, quality_metrics, method).
 
