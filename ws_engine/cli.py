@@ -205,7 +205,7 @@ def cmd_generate(args, rep: Reporter) -> None:
     if args.reconstruct != "none":
         rep.stage(f"reconstruct ({args.reconstruct})")
         memory = model.global_memory if args.reconstruct == "point_cloud" else None
-        rec = reconstruct(result.frames, result.depth, traj, args.reconstruct, memory=memory, confidences=result.confidence)
+        rec = reconstruct(result.frames, result.depth, traj, args.reconstruct, memory=memory, confidences=result.confidence, progress_callback=rep)
     rep.stage("write")
     files["video"] = save_video(out / "video.mp4", video, fps=traj.fps)
     files["frames"] = save_frame_grid(out / "frames.png", video)
@@ -251,7 +251,7 @@ def cmd_reconstruct(args, rep: Reporter) -> None:
     traj = load_trajectory(run / "trajectory.json")
     memory = GlobalGeometricMemory.load(run / "memory.safetensors") if args.method == "point_cloud" and (run / "memory.safetensors").is_file() else None
     rep.stage(f"reconstruct ({args.method})")
-    rec = reconstruct(data["frames"], data["depth"], traj, args.method, memory=memory, confidences=data.get("confidence"))
+    rec = reconstruct(data["frames"], data["depth"], traj, args.method, memory=memory, confidences=data.get("confidence"), progress_callback=rep)
     out = Path(args.out or run)
     rep.done(_write_reconstruction(rec, out))
 
