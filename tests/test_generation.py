@@ -246,3 +246,16 @@ def test_official_example_at_480x768_frame0_is_the_input(examples, tmp_path):
     assert video.shape == (len(traj[::16]), 3, 480, 768)
     expected = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     assert (video[0] - expected).abs().max() < 1e-6
+
+
+def test_optimization_switches_say_what_they_do():
+    import importlib.util
+
+    with pytest.warns(UserWarning, match="no weights"):
+        pipe = WorldStereoPipeline("geometric", device="cpu", enable_cpu_offload=True)
+    assert pipe.model.backbone.name == "geometric"
+    if importlib.util.find_spec("xformers") is None:
+        from ws_engine.errors import MissingDependencyError
+
+        with pytest.raises(MissingDependencyError, match=r"comfyui-worldstereo\[xformers\]"):
+            WorldStereoPipeline("geometric", device="cpu", enable_xformers=True)

@@ -11,8 +11,15 @@ from .errors import MissingDependencyError
 __all__ = ["enable_xformers_memory_efficient_attention", "enable_model_cpu_offload"]
 
 
-def _backbone(model):
-    return getattr(model, "backbone", model)
+def _apply(model, hook_name: str, nothing_to_do: str) -> bool:
+    """Call the backbone's ``hook_name`` if it has one; otherwise warn that nothing changes."""
+    backbone = getattr(model, "backbone", model)
+    hook = getattr(backbone, hook_name, None)
+    if hook is None:
+        warnings.warn(f"The {getattr(backbone, 'name', '?')!r} backbone has {nothing_to_do}.", stacklevel=3)
+        return False
+    hook()
+    return True
 
 
 def enable_xformers_memory_efficient_attention(model) -> bool:
@@ -21,21 +28,9 @@ def enable_xformers_memory_efficient_attention(model) -> bool:
         raise MissingDependencyError(
             'xformers is not installed: pip install "comfyui-worldstereo[xformers]" (CUDA only), or leave enable_xformers off.'
         )
-    backbone = _backbone(model)
-    hook = getattr(backbone, "enable_xformers_memory_efficient_attention", None)
-    if hook is None:
-        warnings.warn(f"The {getattr(backbone, 'name', '?')!r} backbone has no attention layers; xformers changes nothing.", stacklevel=2)
-        return False
-    hook()
-    return True
+    return _apply(model, "enable_xformers_memory_efficient_attention", "no attention layers; xformers changes nothing")
 
 
 def enable_model_cpu_offload(model) -> bool:
     """Keep the backbone's weights on the CPU until each module runs (neural backbones)."""
-    backbone = _backbone(model)
-    hook = getattr(backbone, "enable_model_cpu_offload", None)
-    if hook is None:
-        warnings.warn(f"The {getattr(backbone, 'name', '?')!r} backbone has no weights; CPU offload changes nothing.", stacklevel=2)
-        return False
-    hook()
-    return True
+    return _apply(model, "enable_model_cpu_offload", "no weights; CPU offload changes nothing")
