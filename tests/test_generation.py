@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -259,3 +260,17 @@ def test_optimization_switches_say_what_they_do():
 
         with pytest.raises(MissingDependencyError, match=r"comfyui-worldstereo\[xformers\]"):
             WorldStereoPipeline("geometric", device="cpu", enable_xformers=True)
+
+
+def test_official_camera_json_scales_the_fallback_depth_to_its_pivot(examples):
+    from ws_engine.trajectory_io import load_trajectory
+
+    scene = examples[0]
+    pivot = float(torch.as_tensor(load_trajectory(scene / "camera.json", return_meta=True)[1]["world_from_first"])[:3, 3].norm())
+    image = Image.open(scene / "image.png").convert("RGB")
+    with pytest.warns(UserWarning) as caught:
+        video, result = generate_video("geometric", image, scene / "camera.json", height=96, width=160, return_result=True)
+    said = [float(m) for w in caught for m in re.findall(r"backdrop at ([0-9.]+)", str(w.message))]
+    assert said and abs(said[0] - pivot) < 1e-3
+    assert video.shape == (81, 3, 96, 160)
+    assert abs(float(result.depth[0][result.depth[0] > 0].max()) - pivot) / pivot < 0.05  # the backdrop sits at the pivot

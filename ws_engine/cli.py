@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth-model", help="transformers depth model id or folder (needs the neural extra)")
     p.add_argument("--depth-kind", choices=("depth", "disparity"), default="depth")
     p.add_argument("--depth-scale", type=float, default=1.0, help="depth = value x scale (disparity: depth = scale / value)")
+    p.add_argument("--scene-depth", type=float, default=None,
+                   help="median depth for depth known only up to scale (depth model, fallback prior); default: a camera.json's pivot distance, else 3")  # fmt: skip
     p.add_argument("--point-cloud", help="a point cloud file (.ply, .npy, ...) added to the memory")
     p.add_argument("--trajectory", default="orbit_left", help=f"a preset ({', '.join(PRESETS)}) or a trajectory file")
     p.add_argument("--frames", type=int, default=None, help="frames of a preset (a file gives its own)")
@@ -163,7 +165,7 @@ def cmd_generate(args, rep: Reporter) -> None:
     from .errors import ConfigError
     from .io import atomic_path, load_image, save_frame_grid, save_video
     from .model import WorldStereo
-    from .pipeline import generate_video, load_condition_image
+    from .pipeline import generate_video, load_condition_image, trajectory_scene_depth
     from .presets import PRESETS
     from .reconstruction import reconstruct
     from .trajectory_io import load_trajectory, save_trajectory
@@ -173,6 +175,7 @@ def cmd_generate(args, rep: Reporter) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder.")
     image = load_image(args.image)
+    scene_depth = args.scene_depth or 3.0
     is_preset = args.trajectory in PRESETS
     if not is_preset and not Path(args.trajectory).exists():
         from .errors import UnknownNameError
@@ -184,14 +187,15 @@ def cmd_generate(args, rep: Reporter) -> None:
         size = args.size or _default_size(*image.shape[-2:])
         first = CameraParameters.from_fov(args.fov, size[1], size[0])
     else:
-        traj = load_trajectory(args.trajectory)
+        traj, meta = load_trajectory(args.trajectory, return_meta=True)
         traj = traj.rescale(args.size[1], args.size[0]) if args.size else traj
+        scene_depth = args.scene_depth or trajectory_scene_depth(meta) or 3.0
         first, size = traj[0], (traj.height, traj.width)
     cam_image = load_condition_image(image, *size)
     depth = None
     if args.depth or args.depth_model or not args.point_cloud:  # a point cloud alone may start the memory
         depth = resolve_depth(cam_image, first, depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
-                              depth_model=args.depth_model, device=args.device)  # fmt: skip
+                              depth_model=args.depth_model, device=args.device, scene_depth=scene_depth)  # fmt: skip
     if is_preset:  # a preset's motion is scaled by the scene's median depth
         scene_depth = float(depth[depth > 0].median()) if depth is not None else 1.0
         traj = _preset_trajectory(args.trajectory, args.frames or 16, size, args.fov, scene_depth)
@@ -285,6 +289,9 @@ COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "reconstruct": cmd_recon
 def main(argv=None) -> int:
     from .errors import WorldStereoError
 
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     rep = Reporter(getattr(args, "progress", "bar"))
     start = time.perf_counter()

@@ -38,19 +38,35 @@ def _as_model(model) -> WorldStereo:
     raise ConfigError(f"model must be a WorldStereo, a WorldStereoPipeline, 'geometric' or a model folder, got {type(model).__name__}.")
 
 
-def _as_trajectory(trajectory, fps=None) -> CameraTrajectory:
+def _as_trajectory(trajectory, fps=None) -> tuple[CameraTrajectory, float | None]:
+    """The trajectory, and the scene depth its file implies (None if it implies none).
+
+    An official ``camera.json`` orbits a pivot at the scene's median depth: the distance from its
+    first camera to its world origin. Depth maps known only up to scale (relative models, the
+    fallback prior) are scaled to it, so the motion fits the scene.
+    """
     if isinstance(trajectory, CameraTrajectory):
-        return trajectory
+        return trajectory, None
     if isinstance(trajectory, CameraParameters):
-        return CameraTrajectory(trajectory.as_batch())
+        return CameraTrajectory(trajectory.as_batch()), None
     if isinstance(trajectory, (str, os.PathLike, dict)):
         from .trajectory_io import load_trajectory
 
-        return load_trajectory(trajectory, fps=fps)
+        traj, meta = load_trajectory(trajectory, fps=fps, return_meta=True)
+        return traj, trajectory_scene_depth(meta)
     raise ShapeMismatchError(
         f"camera_trajectory must be a CameraTrajectory, a trajectory file or a dict, got {type(trajectory).__name__}; "
         "build one with e.g. CameraTrajectory.forward(distance=2.0, num_frames=16)."
     )
+
+
+def trajectory_scene_depth(meta: dict) -> float | None:
+    """The pivot distance of an official camera.json (``meta["world_from_first"]``), or None."""
+    pose = meta.get("world_from_first") if isinstance(meta, dict) else None
+    if pose is None:
+        return None
+    distance = float(torch.as_tensor(pose, dtype=torch.float64)[:3, 3].norm())
+    return distance if distance > 1e-6 else None
 
 
 def _check_size(trajectory: CameraTrajectory, num_frames, height, width, multiple: int) -> CameraTrajectory:
@@ -151,12 +167,13 @@ def _format(video: torch.Tensor, output_format: str, save_path: Path | None, fps
 # ----------------------------------------------------------------------------------------------
 # the seed API
 # ----------------------------------------------------------------------------------------------
-def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps):
+def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps, scene_depth):
     """Checked inputs: model, trajectory, image (3,H,W), depth (H,W) | None, point cloud, generator."""
     from .depth import resolve_depth
 
     model = _as_model(model)
-    traj = _as_trajectory(camera_trajectory, fps)
+    traj, file_depth = _as_trajectory(camera_trajectory, fps)
+    scene_depth = scene_depth or file_depth or 3.0
     traj = _check_size(traj, num_frames, height, width, model.backbone.size_multiple)
     generator = _generator(seed, "cpu")
     image = load_condition_image(condition_image, traj.height, traj.width).to(model.device)
@@ -165,7 +182,8 @@ def _prepare(model, condition_image, camera_trajectory, num_frames, height, widt
         depth_map = None  # the point cloud alone starts the memory
     else:
         depth_map = resolve_depth(
-            image, traj[0], depth=depth, depth_kind=depth_kind, depth_scale=depth_scale, depth_model=depth_model, device=model.device
+            image, traj[0], depth=depth, depth_kind=depth_kind, depth_scale=depth_scale, depth_model=depth_model, device=model.device,
+            scene_depth=scene_depth,
         )
     return model, traj, image, depth_map, cloud, generator
 
@@ -193,6 +211,7 @@ def generate_video(
     depth_model=None,
     prompt: str = "",
     fps: float | None = None,
+    scene_depth: float | None = None,
     reset_memory: bool = True,
     return_result: bool = False,
 ):
@@ -218,12 +237,15 @@ def generate_video(
         depth: the condition image's depth: array/tensor/image file (see :mod:`ws_engine.depth`),
             ``depth_kind`` ``"depth"`` or ``"disparity"``, multiplied by ``depth_scale``.
         depth_model: a transformers depth-estimation model id or folder, used when ``depth`` is None.
+        scene_depth: median depth given to depth known only up to scale (relative depth models, the
+            fallback prior); None: the pivot distance of an official camera.json, else 3.0.
         reset_memory: False continues the model's memories (a further trajectory of the scene).
         return_result: also return the :class:`GenerationResult` (depths, confidences, holes).
     """
     save = _check_output(output_format, save_path)
     model, traj, image, depth_map, cloud, generator = _prepare(
-        model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps
+        model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps,
+        scene_depth,
     )
     result = model.generate(
         image, traj, depth=depth_map, point_cloud=cloud, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
