@@ -43,25 +43,27 @@ def _maxpool(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.max_pool2d(x[None, None], size, stride=1, padding=size // 2)[0, 0]
 
 
-def _seen_through(inv: torch.Tensor, valid: torch.Tensor, tolerance: float, gap: int) -> torch.Tensor:
-    """(H,W) bool: pixels whose point has a nearer point (inverse depth ``inv`` larger by
-    ``tolerance``) within ``gap`` pixels on both sides along a row, a column or a diagonal."""
+def _seen_through(inv: torch.Tensor, valid: torch.Tensor, tolerance: float, gap: int, same: float = 0.05) -> torch.Tensor:
+    """(H,W) bool: pixels whose point lies behind a gap in a nearer surface.
+
+    That is: along a row, a column or a diagonal, the nearest points within ``gap`` pixels on both
+    sides are nearer (inverse depth ``inv`` larger by ``tolerance``) and agree with each other
+    within ``same`` (one surface on both sides, not two objects with the background between them).
+    """
     H, W = inv.shape
     big = F.pad(torch.where(valid, inv, 0.0), (gap, gap, gap, gap))
-    nearer = lambda dx, dy: big[gap + dy : gap + dy + H, gap + dx : gap + dx + W] > inv * (1 + tolerance)  # noqa: E731
+    shifted = lambda dx, dy: big[gap + dy : gap + dy + H, gap + dx : gap + dx + W]  # noqa: E731
     through = torch.zeros_like(valid)
     for ax, ay in ((1, 0), (0, 1), (1, 1), (1, -1)):
-        ahead = torch.zeros_like(valid)
-        behind = torch.zeros_like(valid)
-        for d in range(1, gap + 1):
-            ahead |= nearer(d * ax, d * ay)
-            behind |= nearer(-d * ax, -d * ay)
-        through |= ahead & behind
+        ahead = torch.stack([shifted(d * ax, d * ay) for d in range(1, gap + 1)]).amax(0)
+        behind = torch.stack([shifted(-d * ax, -d * ay) for d in range(1, gap + 1)]).amax(0)
+        nearer = (ahead > inv * (1 + tolerance)) & (behind > inv * (1 + tolerance))
+        through |= nearer & ((ahead - behind).abs() <= same * torch.maximum(ahead, behind))
     return through & valid
 
 
 def pixel_centre_depth(
-    points: torch.Tensor, index: torch.Tensor, camera: CameraParameters, tolerance: float = 0.01, reach: float = 1.5, gap: int = 2
+    points: torch.Tensor, index: torch.Tensor, camera: CameraParameters, tolerance: float = 0.01, reach: float = 1.5, gap: int = 4
 ):
     """Depth (H,W) at the pixel centres from a radius-1 point render (0 where no point is near),
     and the row of the point whose surface each pixel takes (H,W) long (-1: none).
@@ -88,8 +90,8 @@ def pixel_centre_depth(
     du = nb[0] + shifts[:, 0, None, None]  # neighbour's projection relative to this pixel's centre
     dv = nb[1] + shifts[:, 1, None, None]
     has = nb[3] > 0
-    # a winner with a nearer surface on two opposite sides (within ``gap`` pixels) shows through a
-    # gap of that surface (occluded, but no point of the nearer surface landed in its pixel)
+    # a winner behind a gap of up to ``gap`` pixels in a nearer surface is occluded (no point of
+    # that surface happened to land in its pixel): it does not count
     has[4] &= ~_seen_through(inv, valid, tolerance, gap)
     has = F.unfold(F.pad(has[4].to(inv.dtype)[None, None], (1, 1, 1, 1)), 3).reshape(9, H, W) > 0
     dist2 = torch.where(has, du * du + dv * dv, torch.inf)
