@@ -23,8 +23,10 @@ __all__ = ["WorldStereo", "GenerationResult", "DEFAULT_SPATIAL_MEMORY", "DEFAULT
 #: Spatial-Stereo memory defaults of the model: one entry per 16x16 patch, its colours pooled to a
 #: 4x4 grid (48 features) and tied to the 3D points of its four quadrant centres.
 DEFAULT_SPATIAL_MEMORY = {"memory_size": 16384, "feature_dim": 48, "num_correspondences": 4, "attention_window": 16}
-#: Global memory defaults: one feature per point holds its confidence (1 = observed, lower = invented).
-DEFAULT_GLOBAL_MEMORY = {"max_points": 2_000_000, "merge_threshold": 0.005, "feature_dim": 1}
+#: Global memory defaults: two features per point (:data:`POINT_FEATURES`): its confidence (1 =
+#: observed, lower = invented) and its footprint (the size of the pixel it came from, in scene units).
+DEFAULT_GLOBAL_MEMORY = {"max_points": 2_000_000, "merge_threshold": 0.005, "feature_dim": 2}
+POINT_FEATURES = ("confidence", "footprint")
 PATCH = 16
 SEEN_CONFIDENCE = 0.5
 CONFIG_NAME = "config.json"
@@ -156,30 +158,34 @@ class WorldStereo(torch.nn.Module):
         """
         image = image.to(self.device)
         self.reset_memory()
-        points, colors = [], []
+        points, colors, footprints = [], [], []
         if depth is not None:
             depth = depth.to(self.device)
             valid = depth > 0
             points.append(unproject(depth, camera)[valid])
             colors.append(image.permute(1, 2, 0)[valid])
+            footprints.append(_footprint(depth, camera)[valid])
         if point_cloud is not None:
             p, c = _parse_point_cloud(point_cloud, self.device)
             points.append(p)
             colors.append(c)
+            footprints.append(torch.zeros(len(p), device=self.device))  # unknown: drawn one pixel wide
         if not points or sum(len(p) for p in points) == 0:
             raise EmptyMemoryError("Nothing to start the memory from: give a depth map with valid pixels or a point cloud.")
-        points, colors = torch.cat(points), torch.cat(colors)
-        self.global_memory.initialize(points, colors=colors, features=self._confidence_features(torch.ones(len(points), device=self.device)))
+        points, colors, footprints = torch.cat(points), torch.cat(colors), torch.cat(footprints)
+        self.global_memory.initialize(points, colors=colors, features=self._point_features(torch.ones(len(points), device=self.device), footprints))
         self.remember_frames(image[None], depth[None] if depth is not None else None, CameraTrajectory(camera.as_batch()))
 
-    def _confidence_features(self, confidence: torch.Tensor) -> torch.Tensor | None:
-        """Per-point features (N,1) holding the confidence when the Global memory has feature_dim 1."""
-        return confidence[:, None] if self.global_memory.feature_dim == 1 else None
+    def _point_features(self, confidence: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor | None:
+        """Per-point features (N,2) = (confidence, footprint) when the Global memory has feature_dim 2
+        (:data:`POINT_FEATURES`); None for other memories (their features are the caller's)."""
+        return torch.stack([confidence, footprint], 1) if self.global_memory.feature_dim == len(POINT_FEATURES) else None
 
     def update_geometric_memory(self, frames: torch.Tensor, depths: torch.Tensor, cameras, mask: torch.Tensor | None = None, confidence: torch.Tensor | None = None):
         """Lift frames (T,3,H,W) with depths (T,H,W) into the Global memory; ``mask`` (T,H,W) selects pixels.
 
-        ``confidence`` (T,H,W) is stored per point when the memory has ``feature_dim=1`` (default 1).
+        ``confidence`` (T,H,W) and the pixel footprint are stored per point when the memory has
+        ``feature_dim=2`` (the default, :data:`POINT_FEATURES`).
         Returns the last UpdateResult (num_added, num_merged, total_points).
         """
         cams = _as_trajectory(cameras)
@@ -193,7 +199,7 @@ class WorldStereo(torch.nn.Module):
             if bool(keep.any()):
                 conf = torch.ones_like(depths[t]) if confidence is None else confidence[t].to(self.device)
                 result = self.global_memory.update(
-                    unproject(depths[t], cam)[keep], camera_pose=cam, colors=frames[t].permute(1, 2, 0)[keep], features=self._confidence_features(conf[keep])
+                    unproject(depths[t], cam)[keep], camera_pose=cam, colors=frames[t].permute(1, 2, 0)[keep], features=self._point_features(conf[keep], _footprint(depths[t], cam)[keep])
                 )
         return result
 
@@ -347,6 +353,11 @@ def _patch_grid(feature_dim: int, num_correspondences: int) -> tuple[int, int]:
     if kg * kg != num_correspondences or PATCH % kg:
         raise ConfigError(f"spatial_memory_config num_correspondences={num_correspondences} must be 1, 4, 16 or 64 (a square grid per patch).")
     return g, kg
+
+
+def _footprint(depth: torch.Tensor, camera: CameraParameters) -> torch.Tensor:
+    """Size (H,W) in scene units of each pixel's patch of surface: depth / focal length."""
+    return depth / camera.Kb[0, 0, 0].to(depth)
 
 
 def _unproject_at(depth: torch.Tensor, cam: CameraParameters, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:

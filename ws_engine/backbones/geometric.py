@@ -62,8 +62,34 @@ def _seen_through(inv: torch.Tensor, valid: torch.Tensor, tolerance: float, gap:
     return through & valid
 
 
+def _footprint_cover(memory, camera: CameraParameters, classes=(3, 6, 10)) -> torch.Tensor:
+    """Depth (H,W) of the memory's points drawn as disks as wide as the pixels they came from (0:
+    none), for points wider than 1.5 target pixels; radii are rounded up to ``classes`` (pixels).
+    A surface seen from much closer than it was observed is so opaque despite its sparse points."""
+    pts, footprint = memory.points, memory.features[:, 1]
+    _, z = project(pts, camera)
+    z = z.reshape(-1)
+    radius = footprint * camera.Kb[0, 0, 0].to(z) / z.clamp(min=1e-6)
+    cover = torch.zeros(camera.height, camera.width, device=z.device)
+    low = 1.5
+    for r in classes:
+        sel = ((radius > low) & (radius <= r) if r != classes[-1] else radius > low) & (z > 0)
+        low = r
+        if bool(sel.any()):
+            d = render_points(pts[sel], pts[sel, :1], camera, radius=r).depth[0]
+            cover = torch.where((d > 0) & ((cover == 0) | (d < cover)), d, cover)
+    return cover
+
+
 def pixel_centre_depth(
-    points: torch.Tensor, index: torch.Tensor, camera: CameraParameters, tolerance: float = 0.01, reach: float = 1.5, gap: int = 4
+    points: torch.Tensor,
+    index: torch.Tensor,
+    camera: CameraParameters,
+    tolerance: float = 0.01,
+    reach: float = 1.5,
+    gap: int = 4,
+    occluder_depth: torch.Tensor | None = None,
+    occluder_tolerance: float = 0.05,
 ):
     """Depth (H,W) at the pixel centres from a radius-1 point render (0 where no point is near),
     and the row of the point whose surface each pixel takes (H,W) long (-1: none).
@@ -74,7 +100,8 @@ def pixel_centre_depth(
     surfaces, and one-pixel cracks close. Inverse depth is affine in image coordinates on a plane,
     so a plane fitted to 1/z of that surface's neighbours (within ``tolerance``) at their exact
     projections gives the depth at the centre. ``points`` (N,3) world; ``index`` (H,W) rows of
-    ``points`` (-1: empty).
+    ``points`` (-1: empty); ``occluder_depth`` (H,W) (0: none): winners farther than it by
+    ``occluder_tolerance`` are hidden.
     """
     H, W = index.shape
     valid = index >= 0
@@ -93,6 +120,8 @@ def pixel_centre_depth(
     # a winner behind a gap of up to ``gap`` pixels in a nearer surface is occluded (no point of
     # that surface happened to land in its pixel): it does not count
     has[4] &= ~_seen_through(inv, valid, tolerance, gap)
+    if occluder_depth is not None:  # behind a surface drawn at its true width
+        has[4] &= ~((occluder_depth > 0) & (occluder_depth < z * (1 - occluder_tolerance)))
     has = F.unfold(F.pad(has[4].to(inv.dtype)[None, None], (1, 1, 1, 1)), 3).reshape(9, H, W) > 0
     dist2 = torch.where(has, du * du + dv * dv, torch.inf)
     nearest = dist2.argmin(0, keepdim=True)
@@ -289,8 +318,9 @@ class GeometricBackbone(Backbone):
             r = inputs.renders if inputs.renders is not None else inputs.global_memory.render(cam, radius=1)
             t = t if inputs.renders is not None else 0
             mem = inputs.global_memory
-            depth, rows = pixel_centre_depth(mem.points, r.index[t], cam)
-            trust = mem.features[rows.clamp(min=0), 0] if mem.feature_dim == 1 else torch.ones_like(depth)
+            cover = _footprint_cover(mem, cam) if mem.feature_dim == 2 else None
+            depth, rows = pixel_centre_depth(mem.points, r.index[t], cam, occluder_depth=cover)
+            trust = mem.features[rows.clamp(min=0), 0] if mem.feature_dim == 2 else torch.ones_like(depth)
             return depth, mem.colors[rows.clamp(min=0)].permute(2, 0, 1), depth > 0, trust
         # no Global memory: splat the reference views' own depth maps instead
         H, W = cam.height, cam.width
