@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="fmt", choices=TRAJECTORY_FORMATS, default="worldstereo", help="output format")
     p.add_argument("--out", help="write the trajectory here (a folder for colmap)")
     p.add_argument("--plot", help="write a PNG with camera frustums (top and side views)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="output display (json: one object per line)")
     return ap
 
 

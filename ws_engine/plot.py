@@ -156,20 +156,26 @@ def _draw_path(panel: np.ndarray, centres: np.ndarray) -> None:
         cv2.polylines(panel, [_fixed(centres)], False, _PATH_COLOR, 1, cv2.LINE_AA, shift=4)
 
 
+MAX_FRUSTUMS = 24
+
+
 def _draw_cameras(panel: np.ndarray, outlines: list[np.ndarray], panoramic: bool) -> None:
-    """Frustums (centre + 4 corners in pixels) from last to first, so earlier cameras lie on top."""
+    """Frustums (centre + 4 corners in pixels) from last to first, so earlier cameras lie on top;
+    a long path shows at most ``MAX_FRUSTUMS`` evenly spaced frustums (first and last included)
+    and a dot for every camera."""
     import cv2
 
     count = len(outlines)
+    framed = set(np.linspace(0, count - 1, min(count, MAX_FRUSTUMS)).round().astype(int).tolist())
     for index in reversed(range(count)):
         t = index / max(count - 1, 1)
         color = START_COLOR if index == 0 else tuple(int(c) for c in np.round((1 - t) * _FIRST + t * _LAST))
         thickness = 2 if index == 0 else 1
         pts = _fixed(outlines[index])
         centre = tuple(pts[0].tolist())
-        if panoramic:
+        if index in framed and panoramic:
             cv2.line(panel, centre, tuple(pts[1].tolist()), color, thickness, cv2.LINE_AA, shift=4)
-        else:
+        elif index in framed:
             cv2.polylines(panel, [pts[1:]], True, color, thickness, cv2.LINE_AA, shift=4)
             for corner in pts[1:].tolist():
                 cv2.line(panel, centre, tuple(corner), color, thickness, cv2.LINE_AA, shift=4)
