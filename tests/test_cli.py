@@ -30,7 +30,8 @@ def test_demo_writes_every_file_and_reports_json_progress(tmp_path):
     proc = run("demo", "--frames", 4, "--size", 128, "--out", out, "--progress", "json")
     assert proc.returncode == 0, proc.stderr
     events = json_lines(proc.stdout)
-    steps = [e["step"] for e in events if e["event"] == "progress"]
+    steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "generate"]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["generate", "point_cloud", "mesh", "write"]
     assert steps == [1, 2, 3, 4]
     result = events[-1]
     assert result["event"] == "result"

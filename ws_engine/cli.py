@@ -139,8 +139,9 @@ def cmd_demo(args, rep: Reporter) -> None:
     from .demo import DEMO_FILES, run_demo
 
     out = Path(args.out or "output/demo")
-    rep.stage("generate", args.frames)
-    metrics = run_demo(out, num_frames=args.frames, size=args.size, seed=args.seed, mesh=not args.no_mesh, device=args.device, progress_callback=rep)
+    metrics = run_demo(
+        out, num_frames=args.frames, size=args.size, seed=args.seed, mesh=not args.no_mesh, device=args.device, progress_callback=rep, on_stage=rep.stage
+    )
     rep.close()
     files = {name: out / name for name in DEMO_FILES if (out / name).exists()}
     summary = {"psnr_seen": metrics["psnr_seen"], "psnr": metrics["psnr"], "timings_s": metrics["timings_s"]}

@@ -34,12 +34,17 @@ def _finite(x: float):
     return round(x, 3) if math.isfinite(x) else None
 
 
-def run_demo(out="output/demo", num_frames: int = 16, size: int = 512, seed: int = 0, mesh: bool = True, device="cpu", progress_callback=None) -> dict:
+def run_demo(
+    out="output/demo", num_frames: int = 16, size: int = 512, seed: int = 0, mesh: bool = True, device="cpu", progress_callback=None, on_stage=None
+) -> dict:
     """Run the demo into the folder ``out``; returns the metrics (also written to ``metrics.json``).
 
     Files: ``video.mp4``, ``frames.png`` (grid), ``scene.ply`` (point cloud), ``mesh.glb``
-    (TSDF mesh, if ``mesh``), ``trajectory.json``, ``metrics.json``.
+    (TSDF mesh, if ``mesh``), ``trajectory.json``, ``metrics.json``. ``on_stage(name, total)`` is
+    called as each stage starts (generate, point_cloud, mesh, write); ``progress_callback(step,
+    total, info)`` reports within the generation and reconstruction stages.
     """
+    stage = on_stage or (lambda name, total=None: None)
     from .io import atomic_write_text, save_frame_grid, save_mesh, save_ply, save_video
     from .reconstruction import reconstruct
     from .trajectory_io import save_trajectory
@@ -53,6 +58,7 @@ def run_demo(out="output/demo", num_frames: int = 16, size: int = 512, seed: int
     timings["scene"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    stage("generate", num_frames)
     model = WorldStereo(vdm_config={"backbone": "geometric"}, device=device)
     video, result = generate_video(
         model, truth_rgb[0], trajectory, seed=seed, depth=truth_depth[0], progress_callback=progress_callback, return_result=True
@@ -60,12 +66,15 @@ def run_demo(out="output/demo", num_frames: int = 16, size: int = 512, seed: int
     timings["generate"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    cloud = reconstruct(result.frames, result.depth, trajectory, "point_cloud", memory=model.global_memory, confidences=result.confidence)
+    stage("point_cloud")
+    cloud = reconstruct(result.frames, result.depth, trajectory, "point_cloud", memory=model.global_memory, confidences=result.confidence,
+                        progress_callback=progress_callback)  # fmt: skip
     timings["point_cloud"] = time.perf_counter() - tick
     surface = None
     if mesh:
         tick = time.perf_counter()
-        surface = reconstruct(result.frames, result.depth, trajectory, "mesh", confidences=result.confidence)
+        stage("mesh")
+        surface = reconstruct(result.frames, result.depth, trajectory, "mesh", confidences=result.confidence, progress_callback=progress_callback)
         timings["mesh"] = time.perf_counter() - tick
 
     frames = []
@@ -92,6 +101,7 @@ def run_demo(out="output/demo", num_frames: int = 16, size: int = 512, seed: int
         metrics["reconstruction"]["mesh"] = _surface_metrics(scene, surface.mesh.vertices, extent, surface.quality_metrics)
 
     tick = time.perf_counter()
+    stage("write")
     save_video(out / "video.mp4", video, fps=trajectory.fps)
     save_frame_grid(out / "frames.png", video)
     save_ply(out / "scene.ply", cloud.points, cloud.colors, cloud.normals)
