@@ -390,17 +390,19 @@ def correspondences(
 
 
 def _nearest_known(d: torch.Tensor, known: torch.Tensor, dim: int, reverse: bool):
-    """Depth of the nearest known pixel before each pixel along ``dim`` and its distance (inf if none)."""
+    """Depth of the nearest known pixel before each pixel along ``dim``, its distance (inf if none)
+    and its position along ``dim`` (long, clamped to 0 where there is none)."""
     if reverse:
         d, known = d.flip(dim), known.flip(dim)
     n = d.shape[dim]
     pos = torch.arange(n, device=d.device).view(-1, *[1] * (d.dim() - 1 - dim))
     last = torch.where(known, pos, -1).cummax(dim=dim).values
-    value = torch.gather(d, dim, last.clamp(min=0))
+    source = last.clamp(min=0)
+    value = torch.gather(d, dim, source)
     dist = torch.where(last >= 0, (pos - last).to(d.dtype), torch.inf)
     if reverse:
-        value, dist = value.flip(dim), dist.flip(dim)
-    return value, dist
+        value, dist, source = value.flip(dim), dist.flip(dim), (n - 1 - source).flip(dim)
+    return value, dist, source
 
 
 def complete_depth(depth: torch.Tensor, mask: torch.Tensor | None = None, background_tolerance: float = 0.2) -> torch.Tensor:
@@ -443,6 +445,7 @@ def complete_background(depth: torch.Tensor, mask: torch.Tensor | None, values: 
         cands = [_nearest_known(out, known, dim, rev) for dim in (1, 2) for rev in (False, True)]
         values_ = torch.stack([c[0] for c in cands])  # (4,B,H,W)
         dists = torch.stack([c[1] for c in cands])
+        sources = [(dim, c[2]) for dim, c in zip((1, 1, 2, 2), cands)]
         has = torch.isfinite(dists)
         far = torch.where(has, values_, -torch.inf).amax(0)
         weight = torch.where(has & (values_ >= far * (1 - background_tolerance)), 1.0 / dists.clamp(min=1), 0.0)
@@ -450,7 +453,7 @@ def complete_background(depth: torch.Tensor, mask: torch.Tensor | None, values: 
         fill = (weight * torch.where(has, values_, 0.0)).sum(0) / total
         reached = has.any(0)
         if vals is not None:
-            carried = [_carry(vals, known, dim, rev) for dim in (2, 3) for rev in (False, True)]
+            carried = [torch.gather(vals, dim + 1, src[:, None].expand_as(vals)) for dim, src in sources]
             vfill = sum(w[:, None] * c for w, c in zip(weight, carried)) / total[:, None]
             vals = torch.where((known | ~reached)[:, None], vals, vfill)
         out = torch.where(known, out, torch.where(reached, fill, 0.0))
@@ -458,17 +461,6 @@ def complete_background(depth: torch.Tensor, mask: torch.Tensor | None, values: 
     if single:
         return out[0], None if vals is None else vals[0]
     return out, vals
-
-
-def _carry(vals: torch.Tensor, known: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
-    """Values (B,C,H,W) of the nearest known pixel before each pixel along ``dim`` (2: rows, 3: columns)."""
-    if reverse:
-        vals, known = vals.flip(dim), known.flip(dim - 1)
-    n = vals.shape[dim]
-    pos = torch.arange(n, device=vals.device).view(-1, *[1] * (vals.dim() - 1 - dim))
-    last = torch.where(known[:, None], pos, -1).cummax(dim=dim).values.clamp(min=0)
-    out = torch.gather(vals, dim, last.expand_as(vals))
-    return out.flip(dim) if reverse else out
 
 
 def normals_from_depth(depth: torch.Tensor, camera: CameraParameters, world: bool = True) -> torch.Tensor:
