@@ -253,8 +253,9 @@ class WorldStereo(torch.nn.Module):
             feats = self.extract_features(frames[t : t + 1], depth[None], cam, None if conf is None else conf[None])
             keep = feats["confidences"][0].amax(1) > 0
             f, x, c = feats["features"][0][keep], feats["correspondences"][0][keep], feats["confidences"][0][keep]
-            for s in range(0, len(f), self.spatial_memory.memory_size):
-                slots = self.spatial_memory.add_to_memory(f[s : s + self.spatial_memory.memory_size], x[s : s + self.spatial_memory.memory_size], c[s : s + self.spatial_memory.memory_size])
+            M = self.spatial_memory.memory_size
+            for i in range(0, len(f), M):  # a bank smaller than one frame's patches takes them in turns
+                slots = self.spatial_memory.add_to_memory(f[i : i + M], x[i : i + M], c[i : i + M])
                 self.spatial_memory.entry_view[slots] = view
 
     # ------------------------------------------------------------------------------------------

@@ -90,6 +90,9 @@ class Backbone:
     def __init__(self, config: dict | None = None):
         self.config = dict(config or {})
 
+    def check(self, use_geometric_memory: bool, use_spatial_memory: bool) -> None:
+        """Raise a ConfigError before any work if this backbone cannot run with these switches."""
+
     def fill(self, inputs: ChunkInputs) -> ChunkOutputs:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -2,20 +2,22 @@
 
 For each target frame:
 
-1. **Depth hypotheses.** The Global memory rendered with radius 1 gives a sparse depth map; its
-   background-preferring completion and that map's 3x3 minimum and maximum are three depth
-   hypotheses per pixel (near surface, own, far surface). Splat cracks and silhouettes are where
-   they differ.
-2. **Detail transfer by correspondence.** Each hypothesis is lifted to 3D and projected into the
-   best reference views of the Spatial-Stereo memory (frustum overlap and view angle). A reference
-   pixel counts where its depth agrees with the point's (a visibility test on four bilinear taps),
-   and the colours it sees are blended, weighted by tap, view angle and the view's confidence. The
-   nearest hypothesis that some reference confirms wins: this picks the right side of a silhouette
-   and closes the cracks of the splats with exact colours.
+1. **Depth at the pixel centres.** The Global memory rendered with radius 1 holds, per pixel, a
+   point projecting somewhere inside it. Each pixel centre takes the surface of the nearest
+   projection around it, its depth from an inverse-depth plane fitted to that surface's points
+   (:func:`pixel_centre_depth`). Points behind a gap of a nearer surface, or behind a surface drawn
+   at the footprint of the pixels it came from, are hidden. The holes are completed preferring
+   the background.
+2. **Detail transfer by correspondence.** That depth, its 3x3 minimum and maximum are three
+   hypotheses, lifted to 3D and projected into the best reference views of the Spatial-Stereo
+   memory (frustum overlap and view angle, always with the condition view). A reference pixel
+   counts where its depth agrees with the point's (four bilinear taps). The best-supported
+   hypothesis wins: this picks the right side of a silhouette and closes the splats' cracks with
+   exact colours. Only the most trusted sources blend (trust falls with every transfer and with
+   the source's resolution), weighted by view angle.
 3. **Memory fallback.** A pixel no reference confirms but the memory covers takes the memory's colour.
-4. **Inpainting.** What is left is new content. It is filled with OpenCV from the background side:
-   foreground pixels next to a hole are masked too, so only the far surface feeds the fill.
-5. **Depth** of the new pixels is the background-preferring completion.
+4. **Inpainting.** What is left is new content, filled with OpenCV from the background side
+   (:func:`inpaint_background`); its depth is the background-preferring completion.
 
 The model adds the new pixels to the Global memory and the frame to the Spatial-Stereo memory.
 """
@@ -250,12 +252,14 @@ class GeometricBackbone(Backbone):
         super().__init__(merged)
 
     # ------------------------------------------------------------------------------------------
-    def fill(self, inputs: ChunkInputs) -> ChunkOutputs:
-        if not (inputs.use_geometric_memory or inputs.use_spatial_memory):
+    def check(self, use_geometric_memory: bool, use_spatial_memory: bool) -> None:
+        if not (use_geometric_memory or use_spatial_memory):
             raise ConfigError("The geometric backbone needs at least one memory: enable use_geometric_memory or use_spatial_memory.")
+
+    def fill(self, inputs: ChunkInputs) -> ChunkOutputs:
         outs = [self._fill_frame(inputs, t) for t in range(len(inputs.cameras))]
-        frames, depth, conf, new, holes, prior = (torch.stack(x) for x in zip(*outs))
-        return ChunkOutputs(frames, depth, conf, new, extras={"holes": holes, "prior": prior})
+        frames, depth, conf, holes, prior = (torch.stack(x) for x in zip(*outs))
+        return ChunkOutputs(frames, depth, conf, new_pixels=holes, extras={"holes": holes, "prior": prior})
 
     def _fill_frame(self, inputs: ChunkInputs, t: int):
         cam = inputs.cameras[t]
@@ -292,10 +296,10 @@ class GeometricBackbone(Backbone):
         edge = _maxpool(depth, 3) > -_maxpool(-depth, 3) * (1 + cfg["depth_tolerance"])
         conf = torch.where(edge, conf * cfg["edge_confidence"], conf)
         hole = ~(done | known)
-        prior = rgb.clone()
+        prior = rgb
         rgb = inpaint_background(rgb, hole, depth, method=cfg["inpaint"], radius=cfg["inpaint_radius"], band=cfg["background_band"])
         conf = torch.where(hole, torch.full_like(conf, cfg["inpainted_confidence"]), conf)
-        return rgb.clamp(0, 1), depth, conf, hole, hole, prior
+        return rgb.clamp(0, 1), depth, conf, hole, prior
 
     # ------------------------------------------------------------------------------------------
     def _references(self, inputs: ChunkInputs, cam: CameraParameters) -> list[dict]:
