@@ -24,10 +24,13 @@ DEMO_FILES = ("video.mp4", "frames.png", "scene.ply", "mesh.glb", "trajectory.js
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """PSNR in dB of images (3,H,W) in [0,1] over ``mask`` (H,W) bool (all pixels if None); inf if equal."""
-    err = (a - b) ** 2
-    mse = float(err.mean() if mask is None else err[:, mask].mean()) if (mask is None or bool(mask.any())) else float("nan")
-    return math.inf if mse == 0 else -10 * math.log10(mse) if mse == mse else float("nan")
+    """PSNR in dB of images (3,H,W) in [0,1] over ``mask`` (H,W) bool (all pixels if None); inf if
+    equal, nan for an empty mask."""
+    err = (a - b) ** 2 if mask is None else ((a - b) ** 2)[:, mask]
+    if err.numel() == 0:
+        return float("nan")
+    mse = float(err.mean())
+    return math.inf if mse == 0 else -10 * math.log10(mse)
 
 
 def _finite(x: float):

@@ -294,8 +294,7 @@ class WorldStereo(torch.nn.Module):
             raise ShapeMismatchError(f"condition_image must be (3,{H},{W}) for this trajectory, got {tuple(image.shape)}.")
         if depth is not None and tuple(depth.shape) != (H, W):
             raise ShapeMismatchError(f"depth must be ({H},{W}) for this trajectory, got {tuple(depth.shape)}.")
-        if not (use_geometric_memory or use_spatial_memory) and self.backbone.name == "geometric":
-            raise ConfigError("The geometric backbone needs at least one memory: enable use_geometric_memory or use_spatial_memory.")
+        self.backbone.check(use_geometric_memory, use_spatial_memory)
         m = self.backbone.size_multiple
         if H % m or W % m:
             raise ShapeMismatchError(f"The {self.backbone.name} backbone needs a height and width divisible by {m}, got {H}x{W}.")
