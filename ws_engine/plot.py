@@ -59,8 +59,9 @@ def plot_trajectory(trajectory, *, size: tuple[int, int] = (512, 1024), frustum_
         to_pixels = _panel_mapping(outlines.reshape(-1, 3), axes, panel_w, height)
         if cloud is not None:
             _draw_points(panel, to_pixels(cloud[0]), cloud[1])
-        _draw_path(panel, to_pixels(outlines[:, 0]))
-        _draw_cameras(panel, [to_pixels(o) for o in outlines], cameras.model == "equirectangular")
+        pixels = to_pixels(outlines.reshape(-1, 3)).reshape(*outlines.shape[:2], 2)  # (T,5,2)
+        _draw_path(panel, pixels[:, 0])
+        _draw_cameras(panel, pixels, cameras.model == "equirectangular")
         _draw_labels(panel, title, labels)
         canvas[:, index * panel_w : (index + 1) * panel_w] = panel
     cv2.line(canvas, (panel_w, 0), (panel_w, height - 1), (200, 200, 200), 1)
@@ -159,19 +160,20 @@ def _draw_path(panel: np.ndarray, centres: np.ndarray) -> None:
 MAX_FRUSTUMS = 24
 
 
-def _draw_cameras(panel: np.ndarray, outlines: list[np.ndarray], panoramic: bool) -> None:
-    """Frustums (centre + 4 corners in pixels) from last to first, so earlier cameras lie on top;
-    a long path shows at most ``MAX_FRUSTUMS`` evenly spaced frustums (first and last included)
+def _draw_cameras(panel: np.ndarray, outlines: np.ndarray, panoramic: bool) -> None:
+    """Frustums (T,5,2) (centre + 4 corners in pixels) from last to first, so earlier cameras lie on
+    top; a long path shows at most ``MAX_FRUSTUMS`` evenly spaced frustums (first and last included)
     and a dot for every camera."""
     import cv2
 
     count = len(outlines)
     framed = set(np.linspace(0, count - 1, min(count, MAX_FRUSTUMS)).round().astype(int).tolist())
+    fixed = _fixed(outlines)
     for index in reversed(range(count)):
         t = index / max(count - 1, 1)
         color = START_COLOR if index == 0 else tuple(int(c) for c in np.round((1 - t) * _FIRST + t * _LAST))
         thickness = 2 if index == 0 else 1
-        pts = _fixed(outlines[index])
+        pts = fixed[index]
         centre = tuple(pts[0].tolist())
         if index in framed and panoramic:
             cv2.line(panel, centre, tuple(pts[1].tolist()), color, thickness, cv2.LINE_AA, shift=4)
@@ -200,5 +202,5 @@ def _draw_labels(panel: np.ndarray, title: str, labels: tuple[str, str]) -> None
 
 
 def _fixed(pixels: np.ndarray) -> np.ndarray:
-    """Pixel coordinates (N,2) as int32 with 4 fractional bits (cv2 ``shift=4``), clipped to a safe range."""
+    """Pixel coordinates (...,2) as int32 with 4 fractional bits (cv2 ``shift=4``), clipped to a safe range."""
     return np.clip(np.round(pixels * 16), -(2**24), 2**24).astype(np.int32)
