@@ -23,6 +23,7 @@ import math
 import torch
 
 from ..errors import ConfigError, EmptyPointCloudError
+from ..memory.point_index import KnnIndex
 from .inputs import Observations, Option
 from .visibility import visible_frames
 
@@ -115,13 +116,12 @@ def downsample(points, colors, weights, max_points: int, voxel_size: float):
 
 
 def knn(points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances (N,k) and indices (N,k) of each point's k nearest other points (scipy cKDTree).
+    """Distances (N,k) and indices (N,k) of each point's k nearest other points (the memory's
+    ``KnnIndex``, a scipy cKDTree).
 
     Queries run in a spatially sorted order (neighbouring queries walk the same tree nodes: about
     1.6x faster than a random order), results come back in the input order.
     """
-    from scipy.spatial import cKDTree
-
     n = len(points)
     k = min(k, n - 1)
     pts = points.detach().cpu().double()
@@ -129,9 +129,8 @@ def knn(points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     cell = float((hi - lo).max()) / 128 + 1e-12
     c = ((pts - lo) / cell).long()
     order = torch.argsort((c[:, 0] * 129 + c[:, 1]) * 129 + c[:, 2])
-    arr = pts.numpy()
-    dist, idx = cKDTree(arr).query(arr[order.numpy()], k=k + 1, workers=-1)
-    dist, idx = torch.from_numpy(dist[:, 1:]).float(), torch.from_numpy(idx[:, 1:])
+    dist, idx = KnnIndex(pts, "kd_tree").query(pts[order], k + 1)
+    dist, idx = dist[:, 1:], idx[:, 1:]
     out_d, out_i = torch.empty_like(dist), torch.empty_like(idx)
     out_d[order], out_i[order] = dist, idx
     return out_d.to(points.device), out_i.to(points.device)
