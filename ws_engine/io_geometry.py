@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputFileError, ShapeMismatchError, WorldStereoError
-from .io_image import _all_finite, _existing_file, _output_path
+from .io_image import _all_finite, _existing_file, _output_path, _read_numpy
 
 __all__ = ["POINT_CLOUD_SUFFIXES", "MESH_SUFFIXES", "save_ply", "load_point_cloud", "save_mesh", "load_mesh"]
 
@@ -81,8 +81,7 @@ def load_point_cloud(path: str | os.PathLike) -> dict:
     elif suffix in (".xyz", ".txt", ".csv"):
         cloud = _read_text_cloud(path)
     else:
-        geometry = _load_trimesh(path, "a point cloud or mesh")
-        cloud = {"points": np.asarray(geometry.vertices), "colors": _trimesh_colors(geometry), "normals": None}
+        cloud = _trimesh_cloud(path, "a point cloud or mesh")
     return _cloud_tensors(cloud, path)
 
 
@@ -138,7 +137,7 @@ def _read_ply_vertices(path: Path) -> dict:
         index = names.index("vertex")
         _, count, props = elements[index]
         if any(t is None for e in elements[: index + 1] for _, t in e[2]):
-            return _ply_with_lists(path)  # list or unknown properties up to the vertices: let trimesh parse it
+            return _trimesh_cloud(path, "PLY")  # list or unknown properties up to the vertices: let trimesh parse it
         if fmt == "ascii":
             skip = sum(e[1] for e in elements[:index])
             lines = f.read().decode("ascii", "replace").splitlines()[skip : skip + count]
@@ -159,8 +158,9 @@ def _read_ply_vertices(path: Path) -> dict:
     return _ply_columns(columns, path)
 
 
-def _ply_with_lists(path: Path) -> dict:
-    geometry = _load_trimesh(path, "PLY")
+def _trimesh_cloud(path: Path, what: str) -> dict:
+    """The vertices and vertex colours of any file trimesh reads, as a cloud dict."""
+    geometry = _load_trimesh(path, what)
     return {"points": np.asarray(geometry.vertices), "colors": _trimesh_colors(geometry), "normals": None}
 
 
@@ -175,8 +175,6 @@ def _ply_columns(columns: dict, path: Path) -> dict:
 
 
 def _read_numpy_cloud(path: Path) -> dict:
-    from .io_image import _read_numpy
-
     if path.suffix.lower() == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
