@@ -2,16 +2,14 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ws_engine.cameras import CameraParameters, CameraTrajectory
 from ws_engine.errors import ConfigError, InvalidCameraError, ShapeMismatchError, UnknownNameError
 from ws_engine.geometry import project, unproject
-from ws_engine.io import atomic_path
+from ws_engine.io import load_image, save_image
 from ws_engine.scenes import TRAJECTORY_KINDS, ProceduralRoom
 
 
@@ -187,10 +185,7 @@ def test_condition_view_is_a_readable_room(room, tmp_path):
     assert on_sphere.sum() > 500
     assert 0.005 < depth_discontinuities(depth[0]).float().mean() < 0.1
     # it survives a PNG round trip (what the demo writes)
-    path = tmp_path / "condition.png"
-    with atomic_path(path) as tmp:
-        Image.fromarray((image[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
-    back = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1).float() / 255
+    back = load_image(save_image(tmp_path / "condition.png", image[0]))
     assert (back - image[0]).abs().max() <= 0.5 / 255 + 1e-6
 
 
