@@ -23,7 +23,7 @@ from ..geometry import project, render_points
 from .inputs import Observations
 from .rasterize import rasterize_depth
 from .types import Mesh
-from .visibility import frame_visibility, visible_frames
+from .visibility import visible_frames
 
 __all__ = [
     "COVERAGE_TOLERANCE",
@@ -88,23 +88,21 @@ def reprojection_error(points: torch.Tensor, obs: Observations, max_samples: int
     """Mean reprojection error in pixels over multi-view points and the number of points seen in
     at least two frames (see module doc). The error is 0.0 when no point is seen twice."""
     T = obs.num_frames
-    count = visible_frames(points, obs, rel_tol).sum(0)
-    multi = (count >= 2).nonzero().squeeze(1)
-    if len(multi) == 0:
+    visible = visible_frames(points, obs, rel_tol)  # (T,N)
+    multi = (visible.sum(0) >= 2).nonzero().squeeze(1)
+    num_multi = len(multi)
+    if num_multi == 0:
         return 0.0, 0
-    if len(multi) > max_samples:
+    if num_multi > max_samples:
         g = torch.Generator().manual_seed(seed)
-        multi = multi[torch.randperm(len(multi), generator=g)[:max_samples].sort().values.to(multi.device)]
-    sample = points[multi]
-    seen, uv, observed = [], [], []
+        multi = multi[torch.randperm(num_multi, generator=g)[:max_samples].sort().values.to(multi.device)]
+    seen = visible[:, multi]  # (T,S)
+    uv, _ = project(points[multi], obs.cameras)  # (T,S,2)
+    observed = []
     for t in range(T):
-        uv_t, _, _, vis_t = frame_visibility(sample, obs, t, rel_tol)
-        d = sample_depth(obs.depths[t], uv_t)
-        vis_t = vis_t & (d > 0)
-        seen.append(vis_t)
-        uv.append(uv_t)
-        observed.append(_lift(uv_t, d, obs, t))
-    seen, uv = torch.stack(seen), torch.stack(uv)  # (T,S), (T,S,2)
+        d = sample_depth(obs.depths[t], uv[t])
+        seen[t] &= d > 0
+        observed.append(_lift(uv[t], d, obs, t))
     total, pairs = 0.0, 0
     for a in range(T):
         if not bool(seen[a].any()):
@@ -115,7 +113,7 @@ def reprojection_error(points: torch.Tensor, obs: Observations, max_samples: int
         err = (uv_ab - uv).norm(dim=-1)
         total += float(err[both].double().sum())
         pairs += int(both.sum())
-    return (total / pairs if pairs else 0.0), int((count >= 2).sum())
+    return (total / pairs if pairs else 0.0), num_multi
 
 
 def quality_metrics(points: torch.Tensor, obs: Observations, mesh: Mesh | None = None, max_samples: int = 20_000,

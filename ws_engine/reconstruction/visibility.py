@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import project
 from .inputs import Observations
 
-__all__ = ["nearest_pixel", "frame_visibility", "visible_frames"]
+__all__ = ["nearest_pixel", "visible_frames"]
 
 
 def nearest_pixel(uv: torch.Tensor, z: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,22 +17,9 @@ def nearest_pixel(uv: torch.Tensor, z: torch.Tensor, height: int, width: int) ->
     return flat, inside
 
 
-def frame_visibility(points: torch.Tensor, obs: Observations, t: int, rel_tol: float):
-    """Project points (N,3) into frame t.
-
-    Returns uv (N,2), z (N,), flat pixel index (N,) and visible (N,) bool: inside the image, in front
-    of the camera, and within ``rel_tol`` (relative) of the frame's known depth at that pixel.
-    """
-    H, W = obs.depths.shape[-2:]
-    uv, z = project(points, obs.cameras[t])
-    flat, inside = nearest_pixel(uv, z, H, W)
-    d = obs.depths[t].reshape(-1)[flat]
-    visible = inside & (d > 0) & ((z - d).abs() <= rel_tol * d)
-    return uv, z, flat, visible
-
-
 def visible_frames(points: torch.Tensor, obs: Observations, rel_tol: float, chunk: int = 131_072) -> torch.Tensor:
-    """(T,N) bool: frame t sees point n (see :func:`frame_visibility`).
+    """(T,N) bool: frame t sees point n: it projects inside the image, in front of the camera, and
+    within ``rel_tol`` (relative) of the frame's known depth at the nearest pixel.
 
     All frames at once per chunk of points: one (3T,4) x (4,chunk) product gives every pixel
     coordinate, one gather every depth."""
