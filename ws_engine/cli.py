@@ -215,7 +215,7 @@ def cmd_generate(args, rep: Reporter) -> None:
     rep.stage("write")
     files["video"] = save_video(out / "video.mp4", video, fps=traj.fps)
     files["frames"] = save_frame_grid(out / "frames.png", video)
-    files["trajectory"] = save_trajectory(traj, out / "trajectory.json") or out / "trajectory.json"
+    files["trajectory"] = save_trajectory(traj, out / "trajectory.json")
     with atomic_path(out / "result.safetensors") as tmp:
         save_file({"frames": result.frames.contiguous().cpu(), "depth": result.depth.contiguous().cpu(),
                    "confidence": result.confidence.contiguous().cpu(), "holes": result.holes.contiguous().cpu()}, str(tmp))  # fmt: skip
@@ -278,8 +278,7 @@ def cmd_trajectory(args, rep: Reporter) -> None:
         raise UnknownNameError("trajectory preset or file", args.source, PRESETS)
     files = {}
     if args.out:
-        save_trajectory(traj, args.out, format=args.fmt)
-        files["trajectory"] = Path(args.out)
+        files["trajectory"] = save_trajectory(traj, args.out, format=args.fmt)
     if args.plot:
         files["plot"] = save_trajectory_plot(traj, args.plot)
     rep.done(files, frames=len(traj))
