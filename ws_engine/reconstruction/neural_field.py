@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import EmptyPointCloudError
 from .inputs import Observations, Option, scene_bounds
-from .tsdf import allocate_volume, compact_vertices, integrate_frame, observed_edges, uphill
+from .tsdf import allocate_volume, compact_vertices, integrate_frame, observed_surface, uphill
 from .types import Mesh, vertex_normals
 
 __all__ = [
@@ -339,8 +338,6 @@ def export_points(field: VoxelRadianceField, obs: Observations, max_points: int,
 @torch.no_grad()
 def export_mesh(field: VoxelRadianceField, threshold: float) -> Mesh:
     """Marching cubes of the voxel thickness at ``threshold`` (see module doc), colours from the field."""
-    from skimage.measure import marching_cubes
-
     thick = field.thickness()
     seen = field.observed
     solid = torch.where(seen, thick, max(float(thick.max()), threshold) * 2)
@@ -349,10 +346,7 @@ def export_mesh(field: VoxelRadianceField, threshold: float) -> Mesh:
             f"No observed voxel of the field crosses density_threshold={threshold:g} (thickness range "
             f"{float(thick.min()):.3g}..{float(thick.max()):.3g}); pick a threshold inside that range."
         )
-    verts, faces, _, _ = marching_cubes(solid.cpu().numpy(), level=threshold)
-    verts = torch.from_numpy(verts.astype(np.float32)).to(thick.device)
-    faces = torch.from_numpy(faces.astype(np.int64)).to(thick.device)
-    faces = faces[observed_edges(verts, seen)[faces].all(1)]
+    verts, faces = observed_surface(solid, threshold, seen)
     if len(faces) == 0:
         raise EmptyPointCloudError("The field's surface lies only in unobserved space; use more iterations or frames.")
     if not uphill(verts, faces, -solid):

@@ -37,6 +37,7 @@ __all__ = [
     "blocks_in_view",
     "integrate_frame",
     "observed_edges",
+    "observed_surface",
     "uphill",
     "compact_vertices",
     "extract_mesh",
@@ -199,6 +200,17 @@ def observed_edges(verts: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     return seen[lo[:, 0], lo[:, 1], lo[:, 2]] & seen[hi[:, 0], hi[:, 1], hi[:, 2]]
 
 
+def observed_surface(volume: torch.Tensor, level: float, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Marching cubes (scikit-image) of ``volume`` (X,Y,Z) at ``level``: vertices (V,3) in grid
+    units and the faces (F,3) whose vertices all pass :func:`observed_edges` with ``seen`` (X,Y,Z)."""
+    from skimage.measure import marching_cubes
+
+    verts, faces, _, _ = marching_cubes(volume.cpu().numpy(), level=level)
+    verts = torch.from_numpy(verts.astype(np.float32)).to(volume.device)
+    faces = torch.from_numpy(faces.astype(np.int64)).to(volume.device)
+    return verts, faces[observed_edges(verts, seen)[faces].all(1)]
+
+
 def uphill(verts: torch.Tensor, faces: torch.Tensor, tsdf: torch.Tensor, max_faces: int = 65_536) -> bool:
     """Whether the right-hand normals of faces over verts (grid units) point to increasing values
     of the volume ``tsdf`` (X,Y,Z) (free space for a TSDF), by majority of an even sample of faces
@@ -258,18 +270,13 @@ def _vertex_colors(vol: TSDFVolume, verts: torch.Tensor) -> torch.Tensor:
 
 def extract_mesh(vol: TSDFVolume, min_component_faces: int = 0) -> Mesh:
     """Marching cubes on the fused TSDF (see module doc), vertex colours and normals."""
-    from skimage.measure import marching_cubes
-
     tsdf, seen = _dense(vol)
     if not bool((tsdf[seen] < 0).any() and (tsdf[seen] > 0).any()):
         raise EmptyPointCloudError(
             "The fused depth maps hold no surface (no zero crossing in the TSDF); check that the depths are metric "
             "and the cameras match the frames."
         )
-    verts, faces, _, _ = marching_cubes(tsdf.cpu().numpy(), level=0.0)
-    verts = torch.from_numpy(verts.astype(np.float32)).to(tsdf.device)
-    faces = torch.from_numpy(faces.astype(np.int64)).to(tsdf.device)
-    faces = faces[observed_edges(verts, seen)[faces].all(1)]
+    verts, faces = observed_surface(tsdf, 0.0, seen)
     if len(faces) and not uphill(verts, faces, tsdf):
         faces = faces[:, [0, 2, 1]]
     if min_component_faces > 1 and len(faces):
