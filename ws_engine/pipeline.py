@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .cameras import CameraParameters, CameraTrajectory
 from .errors import ConfigError, OutputPathError, ShapeMismatchError, check_choice
@@ -122,7 +121,7 @@ def load_condition_image(condition_image, height: int, width: int) -> torch.Tens
                 "Crop the image to the trajectory's aspect ratio, or build the trajectory at the image's size.",
                 stacklevel=3,
             )
-        image = F.interpolate(image[None], size=(height, width), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+        image = load_image(image, size=(height, width))
     return image
 
 
