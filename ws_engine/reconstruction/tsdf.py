@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, EmptyPointCloudError
 from ..geometry import project
 from .inputs import Observations, Option, scene_bounds
-from .types import Mesh, vertex_normals
+from .types import Mesh, face_normals, vertex_normals
 from .visibility import nearest_pixel
 
 __all__ = [
@@ -216,9 +216,8 @@ def uphill(verts: torch.Tensor, faces: torch.Tensor, tsdf: torch.Tensor, max_fac
     of the volume ``tsdf`` (X,Y,Z) (free space for a TSDF), by majority of an even sample of faces
     (marching cubes orients all faces alike)."""
     faces = faces[:: max(1, len(faces) // max_faces)]
+    n = face_normals(verts, faces)
     a, b, c = verts[faces].unbind(1)
-    n = torch.cross(b - a, c - a, dim=-1)
-    n = n / n.norm(dim=1, keepdim=True).clamp(min=1e-12)
     centroid = (a + b + c) / 3
     top = torch.tensor(tsdf.shape, device=verts.device) - 1
 
