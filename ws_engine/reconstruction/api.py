@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ShapeMismatchError, check_choice
-from .inputs import ProgressCallback, check_options, prepare_observations
+from .inputs import ProgressCallback, _tensor, check_options, prepare_observations
 from .metrics import quality_metrics
 from .neural_field import NEURAL_FIELD_OPTIONS, reconstruct_neural_field
 from .point_cloud import POINT_CLOUD_OPTIONS, reconstruct_point_cloud
@@ -84,12 +84,12 @@ def reconstruct(
 def evaluate_reconstruction(points, depths, cameras, *, mesh=None, max_samples: int = 20_000, seed: int = 0) -> dict:
     """The quality metrics of any reconstruction (points (N,3), optional Mesh) against depth maps
     (T,H,W) seen from ``cameras``; see :mod:`ws_engine.reconstruction.metrics`."""
-    pts = torch.as_tensor(points).float() if not isinstance(points, torch.Tensor) else points.float()
+    pts = _tensor(points, "points").float()
     if pts.dim() != 2 or pts.shape[1] != 3:
         raise ShapeMismatchError(f"points must have shape (N,3), got {tuple(pts.shape)}.")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ShapeMismatchError(f"mesh must be a ws_engine.reconstruction.Mesh or None, got {type(mesh).__name__}.")
-    d = torch.as_tensor(depths)
+    d = _tensor(depths, "depths")
     if d.dim() != 3:
         raise ShapeMismatchError(f"depths must have shape (T,H,W), got {tuple(d.shape)}.")
     T, H, W = d.shape
