@@ -160,7 +160,7 @@ def integrate_frame(
     trunc = truncation * vol.voxel_size
     rows = blocks_in_view(vol, obs.cameras[t])
     uv, z = project(centers[rows], obs.cameras[t])
-    flat, inside = nearest_pixel(uv, z, H, W)
+    flat, inside = nearest_pixel(uv[:, 0], uv[:, 1], z, H, W)
     rows, pix, z = rows[inside], flat[inside], z[inside]
     d = obs.depths[t].reshape(-1)[pix]
     w = obs.confidences[t].reshape(-1)[pix]

@@ -9,11 +9,12 @@ from .inputs import Observations
 __all__ = ["nearest_pixel", "visible_frames"]
 
 
-def nearest_pixel(uv: torch.Tensor, z: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat index (N,) of the pixel nearest to ``uv`` (N,2) and whether it is in the image with z > 0."""
-    u, v = uv[:, 0].round(), uv[:, 1].round()
+def nearest_pixel(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, height: int, width: int):
+    """Flat index (long) of the pixel nearest to (u, v) and whether it is in the image with depth
+    z > 0 (bool); all of one shape, the inputs are left unchanged."""
+    u, v = u.round(), v.round()
     inside = (z > 0) & (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
-    flat = (v.clamp(0, height - 1) * width + u.clamp(0, width - 1)).long()
+    flat = v.clamp_(0, height - 1).mul_(width).add_(u.clamp_(0, width - 1)).long()
     return flat, inside
 
 
@@ -30,14 +31,9 @@ def visible_frames(points: torch.Tensor, obs: Observations, rel_tol: float, chun
     depth = obs.depths.reshape(T, H * W)
     out = torch.empty(T, len(points), dtype=torch.bool, device=points.device)
     for s in range(0, len(points), chunk):
-        uvz = torch.addmm(P[:, 3:], P[:, :3], points[s : s + chunk].T).view(T, 3, -1)
-        u, v, z = uvz.unbind(1)
-        front = z > 0
-        inv = torch.where(front, z, 1.0).reciprocal_()
-        u = u.mul(inv).round_()
-        v = v.mul(inv).round_()
-        ok = front & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
-        flat = v.clamp_(0, H - 1).mul_(W).add_(u.clamp_(0, W - 1)).long()
+        u, v, z = torch.addmm(P[:, 3:], P[:, :3], points[s : s + chunk].T).view(T, 3, -1).unbind(1)
+        inv = torch.where(z > 0, z, 1.0).reciprocal_()
+        flat, inside = nearest_pixel(u.mul_(inv), v.mul_(inv), z, H, W)
         d = depth.gather(1, flat)
-        out[:, s : s + chunk] = ok & (d > 0) & ((z - d).abs() <= rel_tol * d)
+        out[:, s : s + chunk] = inside & (d > 0) & ((z - d).abs() <= rel_tol * d)
     return out
