@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import EmptyPointCloudError
 from .inputs import Observations, Option, scene_bounds
-from .tsdf import allocate_volume, compact_vertices, integrate_frame, observed_surface, uphill
+from .tsdf import allocate_volume, compact_vertices, dense_tsdf, integrate_frame, observed_surface, uphill
 from .types import Mesh, vertex_normals
 
 __all__ = [
@@ -139,16 +139,12 @@ def initialize_from_depth(field: VoxelRadianceField, obs: Observations) -> int:
     centers = vol.centers()
     for t in range(obs.num_frames):
         integrate_frame(vol, centers, obs, t, _SHELL_VOXELS, 0.0)
-    inside = (vol.voxels < torch.tensor(field.dims, device=vol.voxels.device)).all(1)
-    seen = inside & (vol.weight > 0)
-    dense = seen & (vol.tsdf <= 0.5 / _SHELL_VOXELS)
-    colored = inside & (vol.color_weight > 0)
+    tsdf, seen = dense_tsdf(vol)  # (X,Y,Z)
+    occupied = (seen & (tsdf <= 0.5 / _SHELL_VOXELS)).permute(2, 1, 0)[None, None]  # (1,1,Z,Y,X)
+    colored = (vol.voxels < torch.tensor(field.dims, device=vol.voxels.device)).all(1) & (vol.color_weight > 0)
     dev = centers.device
-    occupied = torch.zeros(1, 1, Z, Y, X, dtype=torch.bool, device=dev)
     weight = torch.zeros(1, 1, Z, Y, X, device=dev)
     color = torch.zeros(1, 3, Z, Y, X, device=dev)
-    x, y, z = vol.voxels[dense].unbind(1)
-    occupied[0, 0, z, y, x] = True
     x, y, z = vol.voxels[colored].unbind(1)
     weight[0, 0, z, y, x] = 1.0
     color[0, :, z, y, x] = vol.color[colored].T
@@ -159,9 +155,7 @@ def initialize_from_depth(field: VoxelRadianceField, obs: Observations) -> int:
     with torch.no_grad():
         field.density.copy_(torch.where(occupied, _FULL_RAW, _EMPTY_RAW))
         field.color.copy_(torch.logit(rgb))
-        field.observed.zero_()
-        x, y, z = vol.voxels[seen].unbind(1)
-        field.observed[x, y, z] = True
+        field.observed.copy_(seen)
     field.refresh_occupancy()
     return int(occupied.sum())
 

@@ -36,6 +36,7 @@ __all__ = [
     "allocate_volume",
     "blocks_in_view",
     "integrate_frame",
+    "dense_tsdf",
     "observed_edges",
     "observed_surface",
     "uphill",
@@ -179,7 +180,7 @@ def integrate_frame(
     vol.color_weight[rows] = cw_old + w
 
 
-def _dense(vol: TSDFVolume) -> tuple[torch.Tensor, torch.Tensor]:
+def dense_tsdf(vol: TSDFVolume) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense TSDF (X,Y,Z) (1 where unobserved) and observed mask (X,Y,Z) bool."""
     X, Y, Z = vol.dims
     v = vol.voxels
@@ -269,7 +270,7 @@ def _vertex_colors(vol: TSDFVolume, verts: torch.Tensor) -> torch.Tensor:
 
 def extract_mesh(vol: TSDFVolume, min_component_faces: int = 0) -> Mesh:
     """Marching cubes on the fused TSDF (see module doc), vertex colours and normals."""
-    tsdf, seen = _dense(vol)
+    tsdf, seen = dense_tsdf(vol)
     if not bool((tsdf[seen] < 0).any() and (tsdf[seen] > 0).any()):
         raise EmptyPointCloudError(
             "The fused depth maps hold no surface (no zero crossing in the TSDF); check that the depths are metric "
