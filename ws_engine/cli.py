@@ -227,12 +227,11 @@ def cmd_generate(args, rep: Reporter) -> None:
 
 
 def _write_reconstruction(rec, out: Path) -> dict:
-    from .io import atomic_write_text, save_mesh, save_ply
+    from .io import atomic_write_text, save_ply
 
     files = {"point_cloud": save_ply(out / "scene.ply", rec.points, rec.colors, rec.normals)}
     if rec.mesh is not None:
-        m = rec.mesh
-        files["mesh"] = save_mesh(out / "mesh.glb", m.vertices, m.faces, vertex_colors=m.vertex_colors, vertex_normals=m.vertex_normals)
+        files["mesh"] = rec.mesh.save(out / "mesh.glb")
     files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps({"method": rec.method, "quality_metrics": rec.quality_metrics}, indent=2))
     return files
 

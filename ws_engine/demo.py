@@ -48,7 +48,7 @@ def run_demo(
     total, info)`` reports within the generation and reconstruction stages.
     """
     stage = on_stage or (lambda name, total=None: None)
-    from .io import atomic_write_text, save_frame_grid, save_mesh, save_ply, save_video
+    from .io import atomic_write_text, save_frame_grid, save_ply, save_video
     from .reconstruction import reconstruct
     from .trajectory_io import save_trajectory
 
@@ -109,8 +109,7 @@ def run_demo(
     save_frame_grid(out / "frames.png", video)
     save_ply(out / "scene.ply", cloud.points, cloud.colors, cloud.normals)
     if surface is not None:
-        m = surface.mesh
-        save_mesh(out / "mesh.glb", m.vertices, m.faces, vertex_colors=m.vertex_colors, vertex_normals=m.vertex_normals)
+        surface.mesh.save(out / "mesh.glb")
     save_trajectory(trajectory, out / "trajectory.json")
     timings["write"] = time.perf_counter() - tick
     metrics["timings_s"] = {k: round(v, 3) for k, v in timings.items()}

@@ -32,6 +32,12 @@ class Mesh:
         """Unit right-hand normals (F,3) of the faces (zero for degenerate faces)."""
         return face_normals(self.vertices, self.faces)
 
+    def save(self, path):
+        """Write the mesh (.glb, .obj or .ply, with vertex colours and normals) atomically; returns the path."""
+        from ..io import save_mesh
+
+        return save_mesh(path, self.vertices, self.faces, vertex_colors=self.vertex_colors, vertex_normals=self.vertex_normals)
+
     def to_trimesh(self):
         """A ``trimesh.Trimesh`` with the same vertices, faces, colours (RGBA uint8) and normals."""
         import trimesh
