@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,23 @@ class WorldStereo(torch.nn.Module):
         """Empty both memories."""
         self.global_memory.clear()
         self.spatial_memory.clear()
+
+    @contextmanager
+    def using_memory(self, memory):
+        """Work on ``memory``'s two memories (a :class:`~ws_engine.world_memory.WorldMemory`, moved to
+        this model's device) inside the ``with`` block; the model's own memories come back after it."""
+        if _patch_grid(memory.spatial_memory.feature_dim, memory.spatial_memory.num_correspondences) != self._patch_grid:
+            raise ConfigError(
+                f"The memory's Spatial-Stereo features ({memory.spatial_memory.feature_dim} per entry) do not fit this model "
+                f"({self.spatial_memory.feature_dim}); build the memory with the model's spatial_memory_config."
+            )
+        memory.to(self.device)
+        saved = self.global_memory, self.spatial_memory
+        self.global_memory, self.spatial_memory = memory.global_memory, memory.spatial_memory
+        try:
+            yield self
+        finally:
+            self.global_memory, self.spatial_memory = saved
 
     def initialize_memory(self, image: torch.Tensor, camera: CameraParameters, depth: torch.Tensor | None = None, point_cloud=None) -> None:
         """Start both memories from the condition image (3,H,W) seen by ``camera``.
@@ -410,4 +428,6 @@ def _read_config(path) -> dict:
         raise ModelLoadError(f"{file} is not a readable JSON config ({e}); re-create it with WorldStereo.save_pretrained().") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{file} must hold a JSON object with vdm_config / global_memory_config / spatial_memory_config.")
+    if "vdm_config" not in config and ("base_model" in config or "controlnet_cfg" in config):
+        return {"vdm_config": {"backbone": "worldstereo"}}  # an official WorldStereo 2.0 folder (config.json + model.safetensors)
     return config

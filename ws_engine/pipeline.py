@@ -166,8 +166,10 @@ def _format(video: torch.Tensor, output_format: str, save_path: Path | None, fps
 # ----------------------------------------------------------------------------------------------
 # the seed API
 # ----------------------------------------------------------------------------------------------
-def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps, scene_depth):
-    """Checked inputs: model, trajectory, image (3,H,W), depth (H,W) | None, point cloud, generator."""
+def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps, scene_depth, reset_memory=True):
+    """Checked inputs: model, trajectory, image (3,H,W), depth (H,W) | None, point cloud, generator.
+
+    Without ``reset_memory`` the memories go on from what they hold: no depth is resolved."""
     from .depth import resolve_depth
 
     model = _as_model(model)
@@ -177,6 +179,8 @@ def _prepare(model, condition_image, camera_trajectory, num_frames, height, widt
     generator = _generator(seed, "cpu")
     image = load_condition_image(condition_image, traj.height, traj.width).to(model.device)
     cloud = _point_cloud(point_cloud)
+    if not reset_memory:
+        return model, traj, image, None, None, generator
     if depth is None and depth_model is None and cloud is not None:
         depth_map = None  # the point cloud alone starts the memory
     else:
@@ -244,7 +248,7 @@ def generate_video(
     save = _check_output(output_format, save_path)
     model, traj, image, depth_map, cloud, generator = _prepare(
         model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps,
-        scene_depth,
+        scene_depth, reset_memory,
     )
     result = model.generate(
         image, traj, depth=depth_map, point_cloud=cloud, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

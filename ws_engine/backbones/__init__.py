@@ -20,7 +20,8 @@ def build_backbone(vdm_config: dict | None) -> Backbone:
     if name == "worldstereo":
         raise ModelLoadError(
             "The neural 'worldstereo' backbone (WorldStereo 2.0 on diffusers) is not part of this version yet: "
-            "it needs ws_engine.backbones.worldstereo, which a later release adds. Use vdm_config={'backbone': 'geometric'} "
+            "it needs ws_engine.backbones.worldstereo, which a later release adds, and the 'neural' extra "
+            "(pip install 'comfyui-worldstereo[neural]': diffusers, transformers, huggingface_hub). Use vdm_config={'backbone': 'geometric'} "
             "(training-free, CPU) for now."
         )
     return GeometricBackbone(config)
