@@ -70,7 +70,7 @@ class WorldStereoGeometricMemory:
             global_memory_config={**DEFAULT_GLOBAL_MEMORY, "max_points": max_points, "merge_threshold": merge_threshold, "index_type": index},
             device=runtime.intermediate_device(),
         )  # fmt: skip
-        return (memory, to_image(memory.render(trajectory[0]).rgb))
+        return (memory, to_image(memory.render(trajectory[0], radius=1).rgb))  # radius 1: the source view pixel for pixel
 
 
 class WorldStereoRenderMemory:
