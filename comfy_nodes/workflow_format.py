@@ -27,8 +27,11 @@ class WorkflowError(ValueError):
 
 
 def definitions_from_mappings(mappings: dict) -> dict:
-    """``{class_type: {"input": INPUT_TYPES(), "output": RETURN_TYPES}}`` of a NODE_CLASS_MAPPINGS."""
-    return {name: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES)} for name, cls in mappings.items()}
+    """``{class_type: {"input", "output", "output_name"}}`` (as /object_info gives them) of a NODE_CLASS_MAPPINGS."""
+    return {
+        name: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES), "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))}
+        for name, cls in mappings.items()
+    }
 
 
 def _is_widget(spec) -> bool:

@@ -33,7 +33,8 @@ def load_pack():
 
 
 def runtime():
-    return sys.modules[f"{PACK_NAME}.comfy_nodes.runtime"]
+    load_pack()
+    return importlib.import_module(f"{PACK_NAME}.comfy_nodes.runtime")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,15 +150,17 @@ def all_nodes() -> dict:
     return {**CORE_NODES, **load_pack().NODE_CLASS_MAPPINGS}
 
 
+def workflow_format():
+    load_pack()
+    return importlib.import_module(f"{PACK_NAME}.comfy_nodes.workflow_format")
+
+
 def definitions() -> dict:
-    from_mappings = sys.modules[f"{PACK_NAME}.comfy_nodes.workflow_format"].definitions_from_mappings
-    return from_mappings(all_nodes())
+    return workflow_format().definitions_from_mappings(all_nodes())
 
 
 def ui_to_api(workflow: dict) -> dict:
-    load_pack()
-    convert = sys.modules[f"{PACK_NAME}.comfy_nodes.workflow_format"].ui_to_api
-    return convert(workflow, definitions())
+    return workflow_format().ui_to_api(workflow, definitions())
 
 
 def run_prompt(prompt: dict) -> dict:
