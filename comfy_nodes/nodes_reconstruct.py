@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ws_engine.errors import ShapeMismatchError
-from ws_engine.io import save_ply
+from ws_engine.io import save_mesh, save_ply
 from ws_engine.reconstruction import RECONSTRUCTION_METHODS, reconstruct
 
 from . import runtime
@@ -17,12 +17,13 @@ CATEGORY = "WorldStereo"
 class WorldStereoReconstruct:
     DESCRIPTION = (
         "Reconstructs the scene from the generated frames, their cameras and the memory (which gives every frame its depth): a point "
-        "cloud (.ply), a mesh (.glb, TSDF fusion) or a neural field (.ply). Saves it in the output folder, shows it in the 3D "
-        "preview and returns its path and quality metrics."
+        "cloud (.ply), a mesh (.glb, TSDF fusion) or a neural field (.ply). Saves it in the output folder (point clouds also as a "
+        ".glb of points for viewing) and returns its path, the quality metrics, and model_file for the core Preview 3D node. "
+        "GLB files are y-up (glTF); PLY keeps the first camera's OpenCV axes (y down, z forward)."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("STRING", "STRING")
-    RETURN_NAMES = ("file_path", "metrics")
+    RETURN_TYPES = ("STRING", "STRING", "STRING")
+    RETURN_NAMES = ("file_path", "metrics", "model_file")
     FUNCTION = "reconstruct"
     OUTPUT_NODE = True
 
@@ -46,18 +47,22 @@ class WorldStereoReconstruct:
             )
         if tuple(video.shape[-2:]) != (trajectory.height, trajectory.width):
             raise ShapeMismatchError(f"The frames are {video.shape[-1]}x{video.shape[-2]} but the trajectory is {trajectory.width}x{trajectory.height}.")
-        suffix = ".glb" if method == "mesh" else ".ply"
-        path, subfolder, filename = runtime.output_file(filename_prefix, suffix)  # checked before the work
+        path, subfolder, _ = runtime.output_file(filename_prefix, ".glb" if method == "mesh" else ".ply")  # checked before the work
         depth = memory.frame_depth(trajectory)
         progress = runtime.Progress(1)
         rec = reconstruct(
             video.to(memory.device), depth, trajectory.to(memory.device), method, memory=memory.global_memory if method == "point_cloud" else None,
             progress_callback=lambda step, total, info: progress(step, total),
         )  # fmt: skip
-        written = rec.mesh.save(path) if method == "mesh" else save_ply(path, rec.points, rec.colors, rec.normals)
+        if method == "mesh":
+            written = preview = rec.mesh.save(path)
+        else:
+            written = save_ply(path, rec.points, rec.colors, rec.normals)
+            preview = save_mesh(path.with_suffix(".glb"), rec.points, None, rec.colors)  # ComfyUI's 3D viewer reads glTF, not PLY
         metrics = json.dumps({k: _plain(v) for k, v in rec.quality_metrics.items()}, indent=1)
-        entry = {"filename": filename, "subfolder": subfolder, "type": "output"}
-        return {"ui": {"3d": [entry], "text": [metrics]}, "result": (str(written), metrics)}
+        model_file = f"{subfolder}/{preview.name}" if subfolder else preview.name
+        entry = {"filename": preview.name, "subfolder": subfolder, "type": "output"}
+        return {"ui": {"3d": [entry], "text": [metrics]}, "result": (str(written), metrics, model_file)}
 
 
 def _plain(value):

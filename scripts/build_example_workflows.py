@@ -99,8 +99,8 @@ def image_to_video_and_3d() -> dict:
         "2. **Camera Trajectory**: a preset, or paste a trajectory JSON (e.g. from the Blender add-on).\n"
         "3. **Geometric Memory**: connect a depth node's output (e.g. Depth Anything) to `depth` for real geometry; "
         "without it a rough floor-and-backdrop prior is used.\n"
-        "4. Frames go to the core **Create Video / Save Video**; **Reconstruct** writes a mesh (.glb) to the output folder "
-        "and shows it in 3D."
+        "4. Frames go to the core **Create Video / Save Video**; **Reconstruct** writes a mesh (.glb) to the output folder; "
+        "the core **Preview 3D** shows it."
     ))  # fmt: skip
     image = g.node("LoadImage", (20, 40), image=EXAMPLE_IMAGE)
     model = g.node("WorldStereoLoadModel", (20, 420))
@@ -111,6 +111,7 @@ def image_to_video_and_3d() -> dict:
     video = g.node("CreateVideo", (1440, 40), fps=16.0)
     save = g.node("SaveVideo", (1740, 40), filename_prefix="WorldStereo/video")
     rec = g.node("WorldStereoReconstruct", (1440, 360), method="mesh", filename_prefix="WorldStereo/scene")
+    view = g.node("Preview3D", (1800, 360))
     g.link(image, "IMAGE", memory, "image")
     g.link(traj, "trajectory", memory, "trajectory")
     g.link(traj, "plot", plot, "images")
@@ -123,6 +124,7 @@ def image_to_video_and_3d() -> dict:
     g.link(generate, "memory", rec, "memory")
     g.link(generate, "frames", rec, "frames")
     g.link(traj, "trajectory", rec, "trajectory")
+    g.link(rec, "model_file", view, "model_file")
     return g.workflow()
 
 
@@ -146,6 +148,7 @@ def two_trajectories_shared_memory() -> dict:
     save_a = g.node("SaveVideo", (1740, 40), filename_prefix="WorldStereo/orbit_left")
     save_b = g.node("SaveVideo", (1740, 460), filename_prefix="WorldStereo/orbit_right")
     rec = g.node("WorldStereoReconstruct", (1440, 820), method="point_cloud", filename_prefix="WorldStereo/shared")
+    view = g.node("Preview3D", (1800, 820))
     g.link(image, "IMAGE", memory, "image")
     g.link(left, "trajectory", memory, "trajectory")
     for gen, traj, vid, save in ((gen_a, left, vid_a, save_a), (gen_b, right, vid_b, save_b)):
@@ -159,6 +162,7 @@ def two_trajectories_shared_memory() -> dict:
     g.link(gen_b, "memory", rec, "memory")
     g.link(gen_b, "frames", rec, "frames")
     g.link(right, "trajectory", rec, "trajectory")
+    g.link(rec, "model_file", view, "model_file")
     return g.workflow()
 
 
@@ -183,6 +187,7 @@ def external_model_loop() -> dict:
     video = g.node("CreateVideo", (1700, 360), fps=12.0)
     save = g.node("SaveVideo", (2000, 360), filename_prefix="WorldStereo/external")
     rec = g.node("WorldStereoReconstruct", (2000, 40), method="point_cloud", filename_prefix="WorldStereo/external")
+    view = g.node("Preview3D", (2360, 40))
     g.link(image, "IMAGE", memory, "image")
     g.link(traj, "trajectory", memory, "trajectory")
     g.link(memory, "memory", render, "memory")
@@ -199,6 +204,7 @@ def external_model_loop() -> dict:
     g.link(update, "memory", rec, "memory")
     g.link(fill, "IMAGE", rec, "frames")
     g.link(traj, "trajectory", rec, "trajectory")
+    g.link(rec, "model_file", view, "model_file")
     wf = g.workflow()
     wf["groups"] = [{"title": "video model (replace with yours)", "bounding": [1060, 240, 640, 260], "color": "#3f789e", "flags": {}}]
     return wf

@@ -3,7 +3,7 @@
 ComfyUI imports a custom-node folder as a package named after the folder. :func:`load_pack`
 does the same with the repository root. :func:`run_prompt` runs an API prompt in dependency order
 with the pack's nodes plus a few core nodes the example workflows use (LoadImage, CreateVideo,
-SaveVideo, PreviewImage, ImageBlur, ImageCompositeMasked), re-implemented here with the engine's
+SaveVideo, PreviewImage, ImageBlur, ImageCompositeMasked, Preview3D), re-implemented here with the engine's
 own I/O, because ComfyUI itself is not installed in the test environment (the real-server test
 runs the same workflows in a real ComfyUI when COMFYUI_PATH is set).
 """
@@ -143,7 +143,22 @@ class ImageCompositeMasked:
         return (destination * (1 - m[..., None]) + source * m[..., None],)
 
 
-CORE_NODES = {cls.__name__: cls for cls in (LoadImage, CreateVideo, SaveVideo, PreviewImage, ImageBlur, ImageCompositeMasked)}
+class Preview3D:
+    RETURN_TYPES = ()
+    FUNCTION = "process"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model_file": ("STRING", {"default": "", "multiline": False})}, "optional": {"camera_info": ("LOAD3D_CAMERA", {})}}
+
+    def process(self, model_file, camera_info=None):
+        path = runtime().output_directory() / model_file  # the front end loads it from the output folder
+        assert path.is_file() and path.suffix in (".glb", ".gltf", ".obj", ".fbx", ".stl"), model_file
+        return {"ui": {"result": [model_file, camera_info]}}
+
+
+CORE_NODES = {cls.__name__: cls for cls in (LoadImage, CreateVideo, SaveVideo, PreviewImage, ImageBlur, ImageCompositeMasked, Preview3D)}
 
 
 def all_nodes() -> dict:

@@ -349,9 +349,16 @@ def test_reconstruct_saves_a_readable_file_and_metrics(nodes, scene, tmp_path, m
     mem, _ = memory(nodes, scene, traj)
     frames, mem2, _, _ = generate(nodes, scene, traj, mem)
     out = nodes["WorldStereoReconstruct"].reconstruct(mem2, frames, traj, method, "WorldStereo/scene")
-    path, metrics = out["result"]
+    path, metrics, model_file = out["result"]
     assert path == str(tmp_path / "output" / "WorldStereo" / f"scene_00001_{suffix}")
-    assert out["ui"]["3d"] == [{"filename": f"scene_00001_{suffix}", "subfolder": "WorldStereo", "type": "output"}]
+    assert model_file == "WorldStereo/scene_00001_.glb"  # what the core Preview 3D node loads from the output folder
+    assert out["ui"]["3d"] == [{"filename": "scene_00001_.glb", "subfolder": "WorldStereo", "type": "output"}]
+    view = trimesh.load(tmp_path / "output" / model_file)
+    view_points = np.concatenate([np.asarray(g.vertices) for g in view.geometry.values()])
+    from ws_engine.io import load_point_cloud
+
+    back = load_point_cloud(tmp_path / "output" / model_file)["points"]
+    assert np.allclose(view_points * [1, -1, -1], back.numpy(), atol=1e-5)  # the GLB is y-up (glTF)
     loaded = trimesh.load(path, force="mesh") if method == "mesh" else trimesh.load(path)
     count = len(loaded.vertices)
     assert count > 500

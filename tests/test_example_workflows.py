@@ -97,7 +97,7 @@ def test_workflow_runs_and_its_outputs_are_sane(name, tmp_path):
     builder.example_image(tmp_path / "input")
     comfy_pack.runtime().set_directories(input=tmp_path / "input", output=tmp_path / "output")
     prompt = comfy_pack.ui_to_api(load(name))
-    comfy_pack.run_prompt(prompt)
+    results = comfy_pack.run_prompt(prompt)
     trajectories = {n["inputs"]["frames"] for n in prompt.values() if n["class_type"] == "WorldStereoCameraTrajectory"}
     videos = sorted((tmp_path / "output").rglob("*.mp4"))
     assert len(videos) == sum(n["class_type"] == "SaveVideo" for n in prompt.values()) >= 1
@@ -106,11 +106,16 @@ def test_workflow_runs_and_its_outputs_are_sane(name, tmp_path):
         assert len(frames) in trajectories
         assert frames[0].shape[:2] == (384, 384)
         assert 20 < float(frames[-1].mean()) < 235 and float(frames[-1].std()) > 10
-    models = sorted((tmp_path / "output").rglob("*.ply")) + sorted((tmp_path / "output").rglob("*.glb"))
-    assert len(models) == 1
-    loaded = trimesh.load(models[0], force="mesh") if models[0].suffix == ".glb" else trimesh.load(models[0])
-    assert len(loaded.vertices) > 5_000
-    assert np.asarray(loaded.visual.vertex_colors)[:, :3].std() > 5
+    (rec_id,) = [i for i, n in prompt.items() if n["class_type"] == "WorldStereoReconstruct"]
+    path, metrics, model_file = results[rec_id]["result"]
+    method = prompt[rec_id]["inputs"]["method"]
+    loaded = trimesh.load(path, force="mesh") if method == "mesh" else trimesh.load(path)
+    assert len(loaded.vertices) > 5_000 and json.loads(metrics)["num_points"] == len(loaded.vertices)
+    colors = np.asarray(loaded.visual.vertex_colors if method == "mesh" else loaded.colors)[:, :3]
+    assert colors.std() > 5
+    assert (tmp_path / "output" / model_file).suffix == ".glb"
+    (view_id,) = [i for i, n in prompt.items() if n["class_type"] == "Preview3D"]
+    assert results[view_id]["ui"]["result"][0] == model_file
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .io_image import _all_finite, _existing_file, _output_path, _read_numpy
 __all__ = ["POINT_CLOUD_SUFFIXES", "MESH_SUFFIXES", "save_ply", "load_point_cloud", "save_mesh", "load_mesh"]
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
+GLTF_SUFFIXES = (".glb", ".gltf")
 MESH_INPUT_SUFFIXES = (".glb", ".gltf", ".obj", ".off", ".stl")
 POINT_CLOUD_SUFFIXES = (".ply", ".npy", ".npz", ".xyz", ".txt", ".csv") + MESH_INPUT_SUFFIXES
 
@@ -209,24 +210,31 @@ def save_mesh(path: str | os.PathLike, vertices, faces, vertex_colors=None, vert
 
     ``vertices`` (V,3), ``faces`` (F,3) integer indices, ``vertex_colors`` (V,3) in [0,1] (or uint8)
     stored as GLB ``COLOR_0``, OBJ ``v x y z r g b`` or PLY red/green/blue; ``vertex_normals`` (V,3).
-    Coordinates are written as given (no axis conversion).
+    ``faces=None`` writes the vertices as a point cloud (a GLB ``POINTS`` primitive: what viewers
+    that read only glTF, such as ComfyUI's 3D preview, show). OBJ and PLY keep the engine's
+    coordinates; GLB follows glTF (+y up, the camera looking along -z): (x, -y, -z) of the
+    engine's OpenCV world, so viewers show the scene upright. Readers here convert back.
     """
     import trimesh
 
     path = _output_path(path, MESH_SUFFIXES, "a mesh")
-    v = _float_rows(vertices, "vertices")
-    f = torch.as_tensor(faces).detach().cpu()
-    if f.dim() != 2 or f.shape[1] != 3 or len(f) == 0 or f.is_floating_point() or f.dtype == torch.bool:
-        raise ShapeMismatchError(f"faces must be a non-empty integer array of shape (F,3), got {tuple(f.shape)} ({f.dtype}).")
-    if int(f.min()) < 0 or int(f.max()) >= len(v):
-        raise ShapeMismatchError(f"faces index vertices 0..{len(v) - 1} but hold values in {int(f.min())}..{int(f.max())}.")
+    gltf = path.suffix.lower() in GLTF_SUFFIXES
+    v = _gltf_axes(_float_rows(vertices, "vertices"), gltf)
     colors = None if vertex_colors is None else _colors_uint8(vertex_colors, len(v))
-    normals = None if vertex_normals is None else _float_rows(vertex_normals, "vertex_normals", len(v))
-    mesh = trimesh.Trimesh(vertices=v, faces=f.long().numpy(), vertex_normals=normals, vertex_colors=colors, process=False)
+    if faces is None:
+        geometry = trimesh.PointCloud(v, colors=colors)
+    else:
+        f = torch.as_tensor(faces).detach().cpu()
+        if f.dim() != 2 or f.shape[1] != 3 or len(f) == 0 or f.is_floating_point() or f.dtype == torch.bool:
+            raise ShapeMismatchError(f"faces must be a non-empty integer array of shape (F,3), got {tuple(f.shape)} ({f.dtype}).")
+        if int(f.min()) < 0 or int(f.max()) >= len(v):
+            raise ShapeMismatchError(f"faces index vertices 0..{len(v) - 1} but hold values in {int(f.min())}..{int(f.max())}.")
+        normals = None if vertex_normals is None else _gltf_axes(_float_rows(vertex_normals, "vertex_normals", len(v)), gltf)
+        geometry = trimesh.Trimesh(vertices=v, faces=f.long().numpy(), vertex_normals=normals, vertex_colors=colors, process=False)
     from .io import atomic_path
 
     with atomic_path(path) as tmp:
-        mesh.export(tmp, file_type=path.suffix.lower()[1:])
+        geometry.export(tmp, file_type=path.suffix.lower()[1:])
     return path
 
 
@@ -263,7 +271,14 @@ def _load_trimesh(path: Path, what: str):
         raise _unreadable(path, what) from exc
     if not isinstance(loaded, (trimesh.Trimesh, trimesh.PointCloud)) or len(loaded.vertices) == 0:
         raise InputFileError(f"{str(path)!r} holds no vertices that can be read as {what}; export it again as GLB, OBJ or PLY.")
+    if path.suffix.lower() in GLTF_SUFFIXES:
+        loaded.vertices = _gltf_axes(np.asarray(loaded.vertices), True)
     return loaded
+
+
+def _gltf_axes(rows: np.ndarray, convert: bool) -> np.ndarray:
+    """glTF (+y up, -z forward) <-> the engine's OpenCV axes (y down, z forward): (x, -y, -z), its own inverse."""
+    return rows * np.array([1.0, -1.0, -1.0], dtype=rows.dtype) if convert else rows
 
 
 def _trimesh_colors(geometry) -> np.ndarray | None:
