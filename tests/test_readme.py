@@ -1,6 +1,7 @@
 """The README's Python examples run as written."""
 
 import re
+import runpy
 import warnings
 from pathlib import Path
 
@@ -13,12 +14,18 @@ def _blocks() -> list[str]:
     return blocks
 
 
+def _run_block(index: int, folder: Path) -> dict:
+    """Run the README's Python block ``index`` as a script in ``folder``; returns its globals."""
+    script = folder / f"readme_block_{index}.py"
+    script.write_text(_blocks()[index], encoding="utf-8")
+    return runpy.run_path(str(script), run_name="__main__")
+
+
 def test_readme_generation_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the CUDA-to-CPU fallback warning on machines without CUDA
-        exec(compile(_blocks()[0], "README.md", "exec"), namespace)
+        namespace = _run_block(0, tmp_path)
     assert namespace["frames"].shape == (16, 3, 256, 256)
     assert namespace["video"] == "forward.mp4" and (tmp_path / "forward.mp4").stat().st_size > 1000
     rec = namespace["reconstruction"]
@@ -27,7 +34,6 @@ def test_readme_generation_example_runs(tmp_path, monkeypatch):
 
 def test_readme_engine_core_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(_blocks()[1], "README.md", "exec"), namespace)
+    namespace = _run_block(1, tmp_path)
     assert len(namespace["again"]) == 16 and namespace["renders"].rgb.shape == (16, 3, 256, 256)
     assert (tmp_path / "memory.safetensors").is_file() and (tmp_path / "trajectory.json").is_file()
