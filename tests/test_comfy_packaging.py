@@ -51,4 +51,4 @@ def test_comfy_node_validate_passes(tmp_path):
     out = subprocess.run([_comfy_cli(), "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=tmp_path / "pack",
                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "All validation checks passed" in out.stdout, out.stdout
+    assert "All validation checks passed" in out.stdout + out.stderr, out.stdout + out.stderr
