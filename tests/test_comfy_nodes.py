@@ -379,3 +379,21 @@ def test_reconstruct_errors(nodes, scene):
     away, _ = trajectory(nodes, preset="turn_left", angle=180.0)
     with pytest.raises(EmptyMemoryError, match="sees nothing"):
         nodes["WorldStereoReconstruct"].reconstruct(mem2, frames, away, "point_cloud", "x")
+
+
+def test_released_inputs_and_outputs_never_change(pack):
+    """Saved workflows keep loading: released inputs/outputs keep their names, types and order; new
+    ones may only be appended (inputs with a default, or in "optional")."""
+    released = json.loads((ROOT / "tests" / "data" / "comfy_nodes_released.json").read_text())
+    released.pop("_about")
+    for name, before in released.items():
+        assert name in pack.NODE_CLASS_MAPPINGS, f"released node {name} was removed or renamed"
+        cls = pack.NODE_CLASS_MAPPINGS[name]
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            now = [[k, v[0] if isinstance(v[0], str) else "COMBO"] for k, v in spec.get(section, {}).items()]
+            assert now[: len(before["inputs"][section])] == before["inputs"][section], (name, section)
+            for key, entry in list(spec.get(section, {}).items())[len(before["inputs"][section]) :]:
+                assert section == "optional" or "default" in (entry[1] if len(entry) > 1 else {}), f"new required input {key} needs a default"
+        outputs = [list(p) for p in zip(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES), cls.RETURN_TYPES)]
+        assert outputs[: len(before["outputs"])] == before["outputs"], name
