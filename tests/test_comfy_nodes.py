@@ -382,8 +382,9 @@ def test_reconstruct_errors(nodes, scene):
 
 
 def test_released_inputs_and_outputs_never_change(pack):
-    """Saved workflows keep loading: released inputs/outputs keep their names, types and order; new
-    ones may only be appended (inputs with a default, or in "optional")."""
+    """Saved workflows keep loading: released inputs/outputs keep their names, types and order. A
+    saved workflow's widgets_values follow required then optional widgets, so a new input may only
+    be appended to "optional" (a new required one would shift the optional widgets' values)."""
     released = json.loads((ROOT / "tests" / "data" / "comfy_nodes_released.json").read_text())
     released.pop("_about")
     for name, before in released.items():
@@ -393,7 +394,7 @@ def test_released_inputs_and_outputs_never_change(pack):
         for section in ("required", "optional"):
             now = [[k, v[0] if isinstance(v[0], str) else "COMBO"] for k, v in spec.get(section, {}).items()]
             assert now[: len(before["inputs"][section])] == before["inputs"][section], (name, section)
-            for key, entry in list(spec.get(section, {}).items())[len(before["inputs"][section]) :]:
-                assert section == "optional" or "default" in (entry[1] if len(entry) > 1 else {}), f"new required input {key} needs a default"
+            if section == "required":
+                assert len(now) == len(before["inputs"][section]), f"{name}: add new inputs at the end of 'optional', not 'required'"
         outputs = [list(p) for p in zip(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES), cls.RETURN_TYPES)]
         assert outputs[: len(before["outputs"])] == before["outputs"], name
