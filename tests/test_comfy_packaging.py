@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 
 import pytest
@@ -38,7 +40,9 @@ def test_comfy_registry_metadata():
 
 
 def _comfy_cli() -> str | None:
-    return os.environ.get("COMFY_CLI") or shutil.which("comfy")
+    """comfy-cli's command: $COMFY_CLI, beside this Python (an unactivated venv), or on PATH."""
+    beside = Path(sys.executable).parent / "comfy"
+    return os.environ.get("COMFY_CLI") or (str(beside) if beside.is_file() else None) or shutil.which("comfy")
 
 
 @pytest.mark.skipif(_comfy_cli() is None, reason="comfy-cli is not installed (pip install -e '.[dev]') or named by COMFY_CLI")
