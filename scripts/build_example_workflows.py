@@ -23,7 +23,14 @@ from tests import comfy_pack  # noqa: E402
 
 OUT = ROOT / "example_workflows"
 EXAMPLE_IMAGE = "worldstereo_example.png"
-NODE_WIDTH = {"WorldStereoCameraTrajectory": 320, "WorldStereoGenerate": 320, "Note": 420, "MarkdownNote": 420}
+# sizes at least the front end's own minimum for each node (it enlarges smaller ones on load)
+NODE_SIZE = {
+    "MarkdownNote": (440, 160), "LoadImage": (300, 320), "WorldStereoLoadModel": (300, 190), "WorldStereoCameraTrajectory": (320, 330),
+    "PreviewImage": (320, 260), "WorldStereoGeometricMemory": (300, 250), "WorldStereoGenerate": (320, 300), "CreateVideo": (260, 80),
+    "SaveVideo": (300, 110), "WorldStereoReconstruct": (320, 150), "Preview3D": (400, 550), "WorldStereoRenderMemory": (260, 90),
+    "WorldStereoUpdateMemory": (300, 140), "ImageBlur": (280, 90), "ImageCompositeMasked": (300, 160),
+}  # fmt: skip
+MIN_READABLE_SCALE = 0.6  # the front end hides text below about 0.58
 
 
 class Graph:
@@ -37,7 +44,7 @@ class Graph:
     def node(self, kind: str, pos, title: str | None = None, **widgets) -> dict:
         node_id = len(self.nodes) + 1
         if kind in ("Note", "MarkdownNote"):
-            node = {"id": node_id, "type": kind, "pos": list(pos), "size": [NODE_WIDTH[kind], 220], "flags": {}, "order": node_id - 1,
+            node = {"id": node_id, "type": kind, "pos": list(pos), "size": list(NODE_SIZE[kind]), "flags": {}, "order": node_id - 1,
                     "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [widgets["text"]]}  # fmt: skip
             self.nodes.append(node)
             return node
@@ -63,7 +70,7 @@ class Graph:
         if widgets:
             raise KeyError(f"{kind} has no widget(s) {sorted(widgets)}")
         outputs = [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(zip(_names(self.defs[kind]), spec["output"]))]
-        node = {"id": node_id, "type": kind, "pos": list(pos), "size": [NODE_WIDTH.get(kind, 280), 120], "flags": {}, "order": node_id - 1,
+        node = {"id": node_id, "type": kind, "pos": list(pos), "size": list(NODE_SIZE[kind]), "flags": {}, "order": node_id - 1,
                 "mode": 0, "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": kind}, "widgets_values": values}  # fmt: skip
         if title:
             node["title"] = title
@@ -79,11 +86,20 @@ class Graph:
         source["outputs"][slot]["links"].append(link_id)
         target["inputs"][target_slot]["link"] = link_id
 
-    def workflow(self) -> dict:
+    def workflow(self, groups: list | None = None) -> dict:
         return {
             "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+            "groups": groups or [], "config": {}, "extra": {"ds": self.view()}, "version": 0.4,
         }  # fmt: skip
+
+    def view(self, screen=(1480, 860), margin: float = 40) -> dict:
+        """The saved canvas view: the whole graph if it fits readably, else its top-left (the note) at a readable zoom."""
+        x0 = min(n["pos"][0] for n in self.nodes)
+        y0 = min(n["pos"][1] for n in self.nodes) - 30  # the title bar
+        x1 = max(n["pos"][0] + n["size"][0] for n in self.nodes)
+        y1 = max(n["pos"][1] + n["size"][1] for n in self.nodes)
+        scale = max(MIN_READABLE_SCALE, min(0.8, screen[0] / (x1 - x0), screen[1] / (y1 - y0)))
+        return {"scale": round(scale, 3), "offset": [round(margin / scale - x0, 1), round(margin / scale - y0, 1)]}
 
 
 def _names(definition: dict) -> list[str]:
@@ -93,7 +109,7 @@ def _names(definition: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def image_to_video_and_3d() -> dict:
     g = Graph()
-    g.node("MarkdownNote", (20, -260), text=(
+    g.node("MarkdownNote", (20, -200), text=(
         "## WorldStereo: one image -> camera-guided video + 3D\n"
         "1. **Load Image**: pick your image.\n"
         "2. **Camera Trajectory**: a preset, or paste a trajectory JSON (e.g. from the Blender add-on).\n"
@@ -103,9 +119,9 @@ def image_to_video_and_3d() -> dict:
         "the core **Preview 3D** shows it."
     ))  # fmt: skip
     image = g.node("LoadImage", (20, 40), image=EXAMPLE_IMAGE)
-    model = g.node("WorldStereoLoadModel", (20, 420))
+    model = g.node("WorldStereoLoadModel", (720, 340))
     traj = g.node("WorldStereoCameraTrajectory", (360, 40), preset="orbit_left", frames=16, angle=15.0, focus_distance=3.0, width=384, height=384)
-    plot = g.node("PreviewImage", (360, 460), title="Trajectory plot")
+    plot = g.node("PreviewImage", (720, 580), title="Trajectory plot")
     memory = g.node("WorldStereoGeometricMemory", (720, 40))
     generate = g.node("WorldStereoGenerate", (1080, 40))
     video = g.node("CreateVideo", (1440, 40), fps=16.0)
@@ -130,14 +146,14 @@ def image_to_video_and_3d() -> dict:
 
 def two_trajectories_shared_memory() -> dict:
     g = Graph()
-    g.node("MarkdownNote", (20, -260), text=(
+    g.node("MarkdownNote", (20, -200), text=(
         "## Two trajectories, one memory\n"
         "The second **Generate** continues the memory the first one grew, so what the left orbit made stays where it is when "
         "the right orbit sees it. Both trajectories start at the image's camera. The point cloud is reconstructed from "
         "the memory after both."
     ))  # fmt: skip
     image = g.node("LoadImage", (20, 40), image=EXAMPLE_IMAGE)
-    model = g.node("WorldStereoLoadModel", (20, 420))
+    model = g.node("WorldStereoLoadModel", (720, 340))
     left = g.node("WorldStereoCameraTrajectory", (360, 40), title="Trajectory A", preset="orbit_left", frames=12, angle=20.0, focus_distance=3.0, width=384, height=384)
     right = g.node("WorldStereoCameraTrajectory", (360, 460), title="Trajectory B", preset="orbit_right", frames=12, angle=20.0, focus_distance=3.0, width=384, height=384)
     memory = g.node("WorldStereoGeometricMemory", (720, 40))
@@ -168,7 +184,7 @@ def two_trajectories_shared_memory() -> dict:
 
 def external_model_loop() -> dict:
     g = Graph()
-    g.node("MarkdownNote", (20, -330), text=(
+    g.node("MarkdownNote", (20, -200), text=(
         "## Any video model fills the memory\n"
         "**Render Memory** gives what the memory already knows along the trajectory: `renders` (colours), `holes` "
         "(1 = unknown, to fill) and `depth`. Give them to your video model and its frames to **Update Memory**, which lifts "
@@ -181,8 +197,8 @@ def external_model_loop() -> dict:
     traj = g.node("WorldStereoCameraTrajectory", (360, 40), preset="left", frames=12, distance=0.4, width=384, height=384)
     memory = g.node("WorldStereoGeometricMemory", (720, 40))
     render = g.node("WorldStereoRenderMemory", (1080, 40))
-    blur = g.node("ImageBlur", (1080, 300), title="video model (placeholder): blur", blur_radius=15, sigma=1.0)
-    fill = g.node("ImageCompositeMasked", (1380, 300), title="video model (placeholder): fill the holes")
+    blur = g.node("ImageBlur", (1080, 300), title="placeholder: blur", blur_radius=15, sigma=1.0)
+    fill = g.node("ImageCompositeMasked", (1380, 300), title="placeholder: fill holes")
     update = g.node("WorldStereoUpdateMemory", (1700, 40))
     video = g.node("CreateVideo", (1700, 360), fps=12.0)
     save = g.node("SaveVideo", (2000, 360), filename_prefix="WorldStereo/external")
@@ -205,9 +221,7 @@ def external_model_loop() -> dict:
     g.link(fill, "IMAGE", rec, "frames")
     g.link(traj, "trajectory", rec, "trajectory")
     g.link(rec, "model_file", view, "model_file")
-    wf = g.workflow()
-    wf["groups"] = [{"title": "video model (replace with yours)", "bounding": [1060, 240, 640, 260], "color": "#3f789e", "flags": {}}]
-    return wf
+    return g.workflow([{"title": "video model (replace with yours)", "bounding": [1060, 220, 620, 280], "color": "#3f789e", "flags": {}}])
 
 
 WORKFLOWS = {
@@ -242,10 +256,10 @@ def thumbnail(name: str, workflow: dict, work: Path) -> Path:
     with av.open(str(videos[0])) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     picks = [frames[i] for i in np.linspace(0, len(frames) - 1, 4).round().astype(int)]
-    tiles = [Image.fromarray(p).resize((192, 192)) for p in picks]
-    sheet = Image.new("RGB", (4 * 192 + 3 * 4, 192), "white")
+    tiles = [Image.fromarray(p).resize((256, 256)) for p in picks]
+    sheet = Image.new("RGB", (2 * 256 + 4, 2 * 256 + 4), "white")  # square: the template browser's cards are square
     for i, tile in enumerate(tiles):
-        sheet.paste(tile, (i * 196, 0))
+        sheet.paste(tile, ((i % 2) * 260, (i // 2) * 260))
     path = OUT / f"{name}.jpg"
     sheet.save(path, quality=85)
     return path
