@@ -6,9 +6,7 @@ along a trajectory -> the other model -> its frames back into the memory.
 
 from __future__ import annotations
 
-import hashlib
 
-from ws_engine.errors import WorldStereoError
 from ws_engine.memory.point_index import INDEX_TYPES
 from ws_engine.model import DEFAULT_GLOBAL_MEMORY
 from ws_engine.world_memory import WorldMemory
@@ -55,11 +53,8 @@ class WorldStereoGeometricMemory:
 
     @classmethod
     def IS_CHANGED(cls, point_cloud_file="", **kwargs):
-        try:
-            path = runtime.input_file(point_cloud_file, "point_cloud_file")
-        except WorldStereoError:
-            return float("nan")
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
+        """Re-run when the file's content changes."""
+        return runtime.input_fingerprint(point_cloud_file, "point_cloud_file")
 
     def build(self, image, trajectory, depth_kind, depth_scale, max_points, merge_threshold, index, depth=None, depth_mask=None, point_cloud_file=""):
         rgb = one_image(image)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from ws_engine.cameras import CameraTrajectory
-from ws_engine.errors import InputFileError, WorldStereoError
+from ws_engine.errors import InputFileError
 from ws_engine.plot import plot_trajectory
 from ws_engine.presets import PRESETS
 from ws_engine.trajectory_io import load_trajectory, save_trajectory
@@ -82,12 +81,8 @@ class WorldStereoCameraTrajectory:
 
     @classmethod
     def IS_CHANGED(cls, trajectory_file="", **kwargs):
-        """Re-run when the trajectory file's content changes."""
-        try:
-            path = runtime.input_file(trajectory_file, "trajectory_file")
-        except WorldStereoError:
-            return float("nan")  # let the run report the error
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
+        """Re-run when the file's content changes."""
+        return runtime.input_fingerprint(trajectory_file, "trajectory_file")
 
     def build(self, preset, frames, distance, angle, focus_distance, fov, width, height, trajectory_json="", trajectory_file=""):
         text = (trajectory_json or "").strip()

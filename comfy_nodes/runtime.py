@@ -9,13 +9,14 @@ Cancel button.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from pathlib import Path
 
 import torch
 
-from ws_engine.errors import GenerationCancelled, InputFileError, OutputPathError
+from ws_engine.errors import GenerationCancelled, InputFileError, OutputPathError, WorldStereoError
 
 MODEL_FOLDER = "worldstereo"  # models/worldstereo/<model folder>/config.json
 MAX_PREVIEW = 512
@@ -92,6 +93,16 @@ def input_file(name: str, what: str) -> Path | None:
     if not path.is_file():
         raise InputFileError(f"The {what} {name!r} was not found in ComfyUI's input folder ({root}); check the name.")
     return path
+
+
+def input_fingerprint(name: str, what: str):
+    """For IS_CHANGED: the content hash of an input-folder file ("" for none; NaN, so the node runs
+    and reports the error, for a bad name)."""
+    try:
+        path = input_file(name, what)
+    except WorldStereoError:
+        return float("nan")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
 
 
 def output_file(prefix: str, suffix: str) -> tuple[Path, str, str]:

@@ -19,6 +19,7 @@ from .cameras import CameraParameters, CameraTrajectory
 from .errors import ConfigError, EmptyMemoryError, ShapeMismatchError, check_choice
 from .geometry import complete_depth
 from .memory import GlobalGeometricMemory, SpatialStereoMemory
+from .model import _as_trajectory as _trajectory
 
 __all__ = ["WorldMemory", "generate_with_memory"]
 
@@ -231,14 +232,6 @@ def generate_with_memory(model, memory: WorldMemory, condition_image, camera_tra
     with model.using_memory(out):
         _, result = generate_video(model, condition_image, traj, reset_memory=False, return_result=True, **kwargs)
     return result, out
-
-
-def _trajectory(trajectory) -> CameraTrajectory:
-    if isinstance(trajectory, CameraTrajectory):
-        return trajectory
-    if isinstance(trajectory, CameraParameters):
-        return CameraTrajectory(trajectory.as_batch())
-    raise ShapeMismatchError(f"Expected a CameraTrajectory, got {type(trajectory).__name__}.")
 
 
 def _holder(global_memory_config, spatial_memory_config, device):
