@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,dev
+bash scripts/setup_blender.sh   # .venv-blender: bpy for the add-on's tests (run by tests/test_blender_addon.py)
 exec .venv/bin/python -m pytest "$@"

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WORLDSTEREO_SHARED", ROOT.parent / "shared"))
@@ -30,4 +29,8 @@ def examples() -> list[Path]:
 
 @pytest.fixture(autouse=True)
 def _seed():
+    try:  # tests/blender run in Blender's Python, which has no torch
+        import torch
+    except ImportError:
+        return
     torch.manual_seed(0)

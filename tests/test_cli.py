@@ -149,3 +149,61 @@ def test_generate_with_a_depth_model_folder(tmp_path, image_and_depth):
     assert proc.returncode == 0, proc.stderr
     assert json_lines(proc.stdout)[-1]["event"] == "result"
     assert read_video(out / "video.mp4")[0].shape[0] == 3
+
+
+# ---- what the Blender add-on drives: several reconstructions, sampler settings, events for everything
+def test_generate_several_reconstructions_reports_every_file(tmp_path, image_and_depth):
+    image, depth = image_and_depth
+    traj = tmp_path / "traj.json"
+    assert run("trajectory", "orbit_left", "--frames", 4, "--size", "128x160", "--out", traj).returncode == 0
+    out = tmp_path / "gen"
+    proc = run("generate", "--image", image, "--depth", depth, "--trajectory", traj, "--size", "64x80", "--steps", 3, "--guidance", 2.5,
+               "--reconstruct", "point_cloud", "mesh", "--device", "auto", "--out", out, "--progress", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    events = json_lines(proc.stdout)
+    assert [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "generate"] == [1, 2, 3, 4]
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    assert stages == ["generate", "reconstruct (point_cloud)", "reconstruct (mesh)", "write"]
+    result = events[-1]
+    assert result["event"] == "result" and result["frames"] == 4
+    files = result["files"]
+    assert Path(files["point_cloud"]) == out / "scene.ply" and Path(files["mesh"]) == out / "mesh.glb"
+    for key in ("video", "frames", "trajectory", "point_cloud", "mesh", "metrics"):
+        assert Path(files[key]).is_absolute() and Path(files[key]).is_file(), key
+    assert read_video(out / "video.mp4")[0].shape == (4, 3, 64, 80)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["reconstructions"]) == {"point_cloud", "mesh"} and metrics["method"] == "point_cloud"
+    cloud = load_point_cloud(out / "scene.ply")  # the fused memory, not the mesh's vertices
+    assert cloud["points"].shape[0] == metrics["reconstructions"]["point_cloud"]["quality_metrics"]["num_points"]
+
+
+def test_reconstruct_takes_a_comma_list_and_single_methods_keep_their_files(tmp_path, image_and_depth):
+    image, depth = image_and_depth
+    common = ["--image", image, "--depth", depth, "--trajectory", "forward", "--frames", 2, "--size", 64, "--progress", "json"]
+    proc = run("generate", *common, "--reconstruct", "mesh,point_cloud", "--out", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    assert {"point_cloud", "mesh"} <= set(json_lines(proc.stdout)[-1]["files"])
+    proc = run("generate", *common, "--reconstruct", "mesh", "--out", tmp_path / "b")  # as before: scene.ply = the mesh's vertices
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "b" / "scene.ply").is_file() and (tmp_path / "b" / "mesh.glb").is_file()
+    proc = run("generate", *common, "--reconstruct", "none", "--out", tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert not {"point_cloud", "mesh"} & set(json_lines(proc.stdout)[-1]["files"])
+
+
+@pytest.mark.parametrize(
+    "args, kind, words",
+    [
+        (["--reconstruct", "point_cloud", "bogus"], "ConfigError", "bogus"),
+        (["--reconstruct", "none,mesh"], "ConfigError", "none"),
+        (["--steps", "0"], "ConfigError", "--steps"),
+        (["--steps", "many"], "ArgumentError", "--steps"),
+        (["--frobnicate"], "ArgumentError", "--frobnicate"),
+    ],
+)
+def test_json_mode_reports_bad_arguments_as_error_events(tmp_path, image_and_depth, args, kind, words):
+    proc = run("generate", "--image", image_and_depth[0], *args, "--out", tmp_path / "o", "--progress", "json")
+    assert proc.returncode == 2, proc.stderr
+    event = json_lines(proc.stdout)[-1]
+    assert event["event"] == "error" and event["type"] == kind and words in event["message"]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()

@@ -3,13 +3,18 @@
 Progress goes to a tqdm bar on stderr, or with ``--progress json`` to one JSON object per line on
 stdout (``{"event": "progress", ...}``, finally ``{"event": "result", ...}`` or
 ``{"event": "error", ...}``) for programs that drive the command (the Blender add-on).
-Exit codes: 0 done, 2 bad input (a message says what to fix), 130 interrupted (no file is half-written).
+The result event lists every file written, by absolute path. In json mode bad arguments also
+come as an error event, and an unexpected failure as ``{"event": "error", "type": ...}`` (exit 1,
+the traceback on stderr).
+Exit codes: 0 done, 1 unexpected failure, 2 bad input (a message says what to fix), 130 interrupted
+(no file is half-written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -55,10 +60,19 @@ class Reporter:
     def done(self, files: dict, **extra) -> None:
         self.close()
         if self.mode == "json":
-            self.emit(event="result", files={k: str(v) for k, v in files.items()}, **extra)
+            self.emit(event="result", files={k: str(Path(v).resolve()) for k, v in files.items()}, **extra)
         elif self.mode == "bar":
             for name, path in files.items():
                 print(f"{name:>12}: {path}")
+
+
+class _ArgumentError(Exception):
+    """A bad command line (argparse's message), reported as an error event in json mode."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _ArgumentError(f"{self.prog}: {message}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,19 +87,38 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N or HxW (height x width), got {text!r}") from None
 
 
+def _methods(values: list[str]) -> list[str]:
+    """``--reconstruct`` values (several, or a comma list) -> the methods in order, no repeats; [] for none."""
+    from .errors import ConfigError
+    from .reconstruction import RECONSTRUCTION_METHODS
+
+    names = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in ("none",) + RECONSTRUCTION_METHODS]
+    if bad:
+        raise ConfigError(f"--reconstruct {bad[0]!r} is not a method; choose from {', '.join(RECONSTRUCTION_METHODS)} (several allowed) or none.")
+    if "none" in names and len(names) > 1:
+        raise ConfigError("--reconstruct none cannot be combined with methods; give methods or none.")
+    return list(dict.fromkeys(n for n in names if n != "none"))
+
+
+def _device(name: str):
+    """``auto`` -> None (CUDA when available); other names pass through."""
+    return None if name == "auto" else name
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
     from .reconstruction import RECONSTRUCTION_METHODS
     from .trajectory_io import TRAJECTORY_FORMATS
 
-    ap = argparse.ArgumentParser(prog="worldstereo", description="WorldStereo: camera-guided video generation with 3D geometric memories, and 3D reconstruction.")
+    ap = _Parser(prog="worldstereo", description="WorldStereo: camera-guided video generation with 3D geometric memories, and 3D reconstruction.")
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p):
         p.add_argument("--out", default=None, help="output folder")
         p.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress display (json: one object per line)")
-        p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a warning)")
+        p.add_argument("--device", default="cpu", help="cpu, cuda (falls back to cpu with a warning) or auto (cuda when available)")
 
     p = sub.add_parser("demo", help="the embedded default: generate and reconstruct a procedural room (no input, no weights)")
     common(p)
@@ -110,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, help="N or HxW; default: the trajectory file's, else the image's (long side <= 768)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of a preset's camera (degrees)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reconstruct", choices=("none",) + RECONSTRUCTION_METHODS, default="point_cloud")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps of a neural backbone (num_inference_steps)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale of a neural backbone (guidance_scale)")
+    p.add_argument("--reconstruct", nargs="+", default=["point_cloud"], metavar="METHOD",
+                   help=f"one or more of {', '.join(RECONSTRUCTION_METHODS)} (space or comma separated), or none; "
+                        "point_cloud writes scene.ply, mesh mesh.glb")  # fmt: skip
 
     p = sub.add_parser("reconstruct", help="reconstruct a scene from a `generate` output folder")
     common(p)
@@ -140,8 +177,9 @@ def cmd_demo(args, rep: Reporter) -> None:
 
     out = Path(args.out or "output/demo")
     metrics = run_demo(
-        out, num_frames=args.frames, size=args.size, seed=args.seed, mesh=not args.no_mesh, device=args.device, progress_callback=rep, on_stage=rep.stage
-    )
+        out, num_frames=args.frames, size=args.size, seed=args.seed, mesh=not args.no_mesh, device=_device(args.device),
+        progress_callback=rep, on_stage=rep.stage,
+    )  # fmt: skip
     rep.close()
     files = {name: out / name for name in DEMO_FILES if (out / name).exists()}
     summary = {"psnr_seen": metrics["psnr_seen"], "psnr": metrics["psnr"], "timings_s": metrics["timings_s"]}
@@ -176,6 +214,11 @@ def cmd_generate(args, rep: Reporter) -> None:
     out = Path(args.out or "output/generate")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder.")
+    methods = _methods(args.reconstruct)
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}.")
+    if args.frames is not None and args.frames < 2:
+        raise ConfigError(f"--frames must be at least 2, got {args.frames}.")
     image = load_image(args.image)
     scene_depth = args.scene_depth or 3.0
     is_preset = args.trajectory in PRESETS
@@ -203,15 +246,16 @@ def cmd_generate(args, rep: Reporter) -> None:
         traj = _preset_trajectory(args.trajectory, args.frames or 16, size, args.fov, scene_depth)
     elif args.frames and args.frames != len(traj):
         traj = traj.resample(args.frames)
-    model = WorldStereo(device=args.device)
+    model = WorldStereo(device=_device(args.device))
     rep.stage("generate", len(traj))
-    video, result = generate_video(model, cam_image, traj, seed=args.seed, depth=depth, point_cloud=args.point_cloud, progress_callback=rep, return_result=True)
+    video, result = generate_video(model, cam_image, traj, seed=args.seed, depth=depth, point_cloud=args.point_cloud, progress_callback=rep,
+                                   num_inference_steps=args.steps, guidance_scale=args.guidance, return_result=True)  # fmt: skip
     files = {}
-    rec = None
-    if args.reconstruct != "none":
-        rep.stage(f"reconstruct ({args.reconstruct})")
-        memory = model.global_memory if args.reconstruct == "point_cloud" else None
-        rec = reconstruct(result.frames, result.depth, traj, args.reconstruct, memory=memory, confidences=result.confidence, progress_callback=rep)
+    recs = {}
+    for method in methods:
+        rep.stage(f"reconstruct ({method})")
+        memory = model.global_memory if method == "point_cloud" else None
+        recs[method] = reconstruct(result.frames, result.depth, traj, method, memory=memory, confidences=result.confidence, progress_callback=rep)
     rep.stage("write")
     files["video"] = save_video(out / "video.mp4", video, fps=traj.fps)
     files["frames"] = save_frame_grid(out / "frames.png", video)
@@ -221,18 +265,39 @@ def cmd_generate(args, rep: Reporter) -> None:
                    "confidence": result.confidence.contiguous().cpu(), "holes": result.holes.contiguous().cpu()}, str(tmp))  # fmt: skip
     files["result"] = out / "result.safetensors"
     files["memory"] = model.global_memory.save(out / "memory.safetensors")
-    if rec is not None:
-        files.update(_write_reconstruction(rec, out))
+    if recs:
+        files.update(_write_reconstructions(recs, out))
     rep.done(files, frames=len(traj))
 
 
-def _write_reconstruction(rec, out: Path) -> dict:
+def _write_reconstructions(recs: dict, out: Path) -> dict:
+    """Write the reconstructions {method: Reconstruction}; returns {key: path}.
+
+    scene.ply (key ``point_cloud``) holds the point_cloud method's points, else a neural field's,
+    else the mesh's vertices; mesh.glb (key ``mesh``) the mesh method's mesh, else a neural field's.
+    A neural field beside those writes neural_field.ply / neural_field.glb. metrics.json has the
+    first method's ``method``/``quality_metrics`` and every method under ``reconstructions``.
+    """
     from .io import atomic_write_text, save_ply
 
-    files = {"point_cloud": save_ply(out / "scene.ply", rec.points, rec.colors, rec.normals)}
-    if rec.mesh is not None:
-        files["mesh"] = rec.mesh.save(out / "mesh.glb")
-    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps({"method": rec.method, "quality_metrics": rec.quality_metrics}, indent=2))
+    files = {}
+    for method in ("point_cloud", "neural_field", "mesh"):
+        if method in recs and "point_cloud" not in files:
+            rec = recs[method]
+            files["point_cloud"] = save_ply(out / "scene.ply", rec.points, rec.colors, rec.normals)
+    for method in ("mesh", "neural_field"):
+        if method in recs and recs[method].mesh is not None and "mesh" not in files:
+            files["mesh"] = recs[method].mesh.save(out / "mesh.glb")
+    field = recs.get("neural_field")
+    if field is not None and ("point_cloud" in recs or "mesh" in recs):
+        if "point_cloud" in recs:
+            files["neural_field_points"] = save_ply(out / "neural_field.ply", field.points, field.colors, field.normals)
+        if field.mesh is not None and "mesh" in recs:
+            files["neural_field_mesh"] = field.mesh.save(out / "neural_field.glb")
+    first = next(iter(recs.values()))
+    metrics = {"method": first.method, "quality_metrics": first.quality_metrics,
+               "reconstructions": {m: {"quality_metrics": r.quality_metrics} for m, r in recs.items()}}  # fmt: skip
+    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return files
 
 
@@ -258,7 +323,7 @@ def cmd_reconstruct(args, rep: Reporter) -> None:
     rep.stage(f"reconstruct ({args.method})")
     rec = reconstruct(data["frames"], data["depth"], traj, args.method, memory=memory, confidences=data.get("confidence"), progress_callback=rep)
     out = Path(args.out or run)
-    rep.done(_write_reconstruction(rec, out))
+    rep.done(_write_reconstructions({args.method: rec}, out))
 
 
 def cmd_trajectory(args, rep: Reporter) -> None:
@@ -283,6 +348,11 @@ def cmd_trajectory(args, rep: Reporter) -> None:
     rep.done(files, frames=len(traj))
 
 
+def _json_requested(argv: list[str]) -> bool:
+    """``--progress json`` (or ``--progress=json``) on a command line argparse rejected."""
+    return any(a == "--progress=json" or (a == "--progress" and argv[i + 1 : i + 2] == ["json"]) for i, a in enumerate(argv))
+
+
 COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "reconstruct": cmd_reconstruct, "trajectory": cmd_trajectory}
 
 
@@ -292,7 +362,19 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if hasattr(signal, "SIGBREAK"):  # Windows: Ctrl+Break (how the Blender add-on cancels) stops cleanly like Ctrl+C
+        try:
+            signal.signal(signal.SIGBREAK, signal.default_int_handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        args = build_parser().parse_args(argv)
+    except _ArgumentError as e:
+        if _json_requested(argv):
+            Reporter("json").emit(event="error", type="ArgumentError", message=str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rep = Reporter(getattr(args, "progress", "bar"))
     start = time.perf_counter()
     try:
@@ -307,6 +389,15 @@ def main(argv=None) -> int:
         rep.emit(event="error", type="KeyboardInterrupt", message="interrupted; no file is half-written")
         print("interrupted; no file is half-written", file=sys.stderr)
         return 130
+    except Exception as e:
+        if rep.mode != "json":
+            raise
+        import traceback
+
+        rep.close()
+        traceback.print_exc()
+        rep.emit(event="error", type=type(e).__name__, message=f"unexpected failure: {e}")
+        return 1
     if rep.mode == "bar":
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0

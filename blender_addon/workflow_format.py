@@ -1,0 +1,1 @@
+../comfy_nodes/workflow_format.py
