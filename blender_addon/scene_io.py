@@ -607,8 +607,6 @@ def import_mesh(context, path: str, name: str = "WorldStereo Mesh"):
         mesh = obj.data
         if mesh.color_attributes:
             layer = mesh.color_attributes.active_color or mesh.color_attributes[0]
-            if suffix != ".ply":
-                _gltf_colors_as_srgb(layer)
             mat = _vertex_color_material(f"{name} Material", layer.name, created)
             mesh.materials.clear()
             mesh.materials.append(mat)
@@ -620,14 +618,6 @@ def import_mesh(context, path: str, name: str = "WorldStereo Mesh"):
     except Exception:
         created.undo()
         raise
-
-
-def _gltf_colors_as_srgb(layer) -> None:
-    """The engine writes display (sRGB-encoded) colours into glTF COLOR_0, which Blender reads as
-    linear: reinterpret them as sRGB so they show as the engine's colours."""
-    values = np.empty(len(layer.data) * 4, dtype=np.float32)
-    layer.data.foreach_get("color", values)
-    layer.data.foreach_set("color_srgb", values)
 
 
 def _join(context, meshes: list):

@@ -353,9 +353,12 @@ def test_mesh_round_trip_keeps_vertex_colours(tmp_path, suffix):
     mesh = load_mesh(path)
     assert torch.allclose(mesh["vertices"], vertices) and torch.equal(mesh["faces"], faces)
     quantized = (colors * 255).round() / 255
-    assert torch.allclose(mesh["vertex_colors"], quantized, atol=1e-6)
+    # GLB stores linear colours in 8 bits (glTF's COLOR_0), so dark values come back within a few steps
+    assert torch.allclose(mesh["vertex_colors"], quantized, atol=7 / 255 if suffix == ".glb" else 1e-6)
     other = trimesh.load(path, force="mesh", process=False)
-    assert np.array_equal(other.visual.vertex_colors[:, :3], (colors * 255).round().byte().numpy())
+    c = colors.double()
+    stored = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) if suffix == ".glb" else c
+    assert np.array_equal(other.visual.vertex_colors[:, :3], (stored * 255).round().byte().numpy())
     if suffix == ".glb":
         attributes = _glb_json(path)["meshes"][0]["primitives"][0]["attributes"]
         assert "COLOR_0" in attributes

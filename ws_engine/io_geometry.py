@@ -213,7 +213,8 @@ def save_mesh(path: str | os.PathLike, vertices, faces, vertex_colors=None, vert
     ``faces=None`` writes the vertices as a point cloud (a GLB ``POINTS`` primitive: what viewers
     that read only glTF, such as ComfyUI's 3D preview, show). OBJ and PLY keep the engine's
     coordinates; GLB follows glTF (+y up, the camera looking along -z): (x, -y, -z) of the
-    engine's OpenCV world, so viewers show the scene upright. Readers here convert back.
+    engine's OpenCV world, so viewers show the scene upright; its vertex colours are linear, as glTF's
+    COLOR_0 is defined (8-bit), where PLY and OBJ keep the colours as given (sRGB). Readers here convert back.
     """
     import trimesh
 
@@ -221,6 +222,8 @@ def save_mesh(path: str | os.PathLike, vertices, faces, vertex_colors=None, vert
     gltf = path.suffix.lower() in GLTF_SUFFIXES
     v = _gltf_axes(_float_rows(vertices, "vertices"), gltf)
     colors = None if vertex_colors is None else _colors_uint8(vertex_colors, len(v))
+    if colors is not None and gltf:
+        colors = _gltf_colors(colors, to_linear=True)
     if faces is None:
         geometry = trimesh.PointCloud(v, colors=colors)
     else:
@@ -273,7 +276,24 @@ def _load_trimesh(path: Path, what: str):
         raise InputFileError(f"{str(path)!r} holds no vertices that can be read as {what}; export it again as GLB, OBJ or PLY.")
     if path.suffix.lower() in GLTF_SUFFIXES:
         loaded.vertices = _gltf_axes(np.asarray(loaded.vertices), True)
+        colors = _trimesh_colors(loaded)
+        if colors is not None:
+            rgba = np.concatenate([_gltf_colors(colors[:, :3], to_linear=False), colors[:, 3:]], axis=1)
+            if isinstance(loaded, trimesh.PointCloud):
+                loaded.colors = rgba
+            else:
+                loaded.visual.vertex_colors = rgba
     return loaded
+
+
+def _gltf_colors(rgb: np.ndarray, to_linear: bool) -> np.ndarray:
+    """uint8 colours (N,3) sRGB -> linear (``to_linear``) or back: glTF's COLOR_0 holds linear values."""
+    c = rgb.astype(np.float64) / 255.0
+    if to_linear:
+        c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    else:
+        c = np.where(c <= 0.0031308, c * 12.92, 1.055 * np.power(np.clip(c, 0, None), 1 / 2.4) - 0.055)
+    return np.clip(np.round(c * 255.0), 0, 255).astype(np.uint8)
 
 
 def _gltf_axes(rows: np.ndarray, convert: bool) -> np.ndarray:

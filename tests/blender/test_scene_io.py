@@ -426,8 +426,9 @@ def test_import_mesh_in_world_coordinates_with_colours(clean_scene, engine_files
     assert np.abs(world - truth[match, :3]).max() < 1e-5
     if suffix == "ply":
         assert np.array_equal(np.round(colors), truth[match, 3:])
-    else:  # Blender keeps glTF COLOR_0 (linear by the spec) as 8-bit sRGB: about one step of rounding
-        assert np.abs(colors - truth[match, 3:]).max() < 1.5, np.abs(colors - truth[match, 3:]).max()
+    else:  # the GLB holds linear 8-bit colours (glTF COLOR_0), read back as sRGB
+        # glTF's COLOR_0 is linear in 8 bits: dark values come back within a few sRGB steps
+        assert np.abs(colors - truth[match, 3:]).max() < 7, np.abs(colors - truth[match, 3:]).max()
     mat = obj.data.materials[0]
     assert any(n.bl_idname == "ShaderNodeVertexColor" for n in mat.node_tree.nodes)
     assert len(bpy.data.objects) == 1 and all(m.users for m in bpy.data.materials)
