@@ -15,7 +15,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import camera_convert, jobs, scene_io
+from . import camera_convert, jobs, scene_import, scene_io
 from .errors import AddonError
 
 COLLECTION = "WorldStereo"
@@ -193,11 +193,11 @@ def import_results(context, files: dict, first_camera=None) -> list:
     try:
         for kind, path in wanted:
             if kind == "point_cloud":
-                created.append(scene_io.import_point_cloud(context, path, "WorldStereo Points"))
+                created.append(scene_import.import_point_cloud(context, path, "WorldStereo Points"))
             elif kind == "mesh":
-                created.append(scene_io.import_mesh(context, path, "WorldStereo Mesh"))
+                created.append(scene_import.import_mesh(context, path, "WorldStereo Mesh"))
             else:
-                created.append(scene_io.import_video(context, path, first_camera, mode=settings.video))
+                created.append(scene_import.import_video(context, path, first_camera, mode=settings.video))
     except Exception:
         undo_imports(context, before, created, first_camera)
         raise
@@ -208,7 +208,7 @@ def undo_imports(context, before: set, created: list, camera=None) -> None:
     """Remove everything added since ``before`` (an _ids() snapshot): datablocks, a camera background, a strip."""
     for thing in created:
         if isinstance(thing, bpy.types.Image) and camera is not None:
-            scene_io.remove_video(camera, thing)
+            scene_import.remove_video(camera, thing)
         elif thing is not None and not isinstance(thing, bpy.types.ID):  # a sequencer strip
             editor = context.scene.sequence_editor
             strips = getattr(editor, "strips", None)

@@ -88,7 +88,7 @@ def test_generate_job_imports_point_cloud_mesh_and_video(engine_python, tmp_path
     assert np.allclose(co.reshape(-1, 3), cloud["points"], atol=1e-5)  # scene coordinates = engine world
     col = np.empty(len(cloud["points"]) * 4, dtype=np.float32)
     points_obj.data.color_attributes["Col"].data.foreach_get("color", col)
-    from blender_addon.scene_io import linear_to_srgb
+    from blender_addon.scene_import import linear_to_srgb
 
     assert np.allclose(linear_to_srgb(col.reshape(-1, 4)[:, :3]), ply.unit_colors(cloud["colors"]), atol=2 / 255)
     assert len(mesh_obj.data.polygons) > 100 and mesh_obj.data.color_attributes

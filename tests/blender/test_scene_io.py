@@ -14,7 +14,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from mathutils import Matrix
 
-from blender_addon import camera_convert, ply, scene_io
+from blender_addon import camera_convert, ply, scene_import, scene_io
 from blender_addon.errors import AddonError
 
 # the engine's loader, printing K (F,3,3) and c2w (F,4,4) as JSON
@@ -320,7 +320,7 @@ def engine_files(run_engine, tmp_path_factory):
 def test_import_point_cloud_from_the_engine(clean_scene, engine_files):
     path = engine_files / "scene.ply"
     start = time.perf_counter()
-    obj = scene_io.import_point_cloud(bpy.context, str(path), "Points")
+    obj = scene_import.import_point_cloud(bpy.context, str(path), "Points")
     elapsed = time.perf_counter() - start
     truth = ply.read_ply(path)
     mesh = obj.data
@@ -332,7 +332,7 @@ def test_import_point_cloud_from_the_engine(clean_scene, engine_files):
     assert (col.domain, col.data_type) == ("POINT", "FLOAT_COLOR")
     rgba = np.empty(5000 * 4, dtype=np.float32)
     col.data.foreach_get("color", rgba)
-    assert np.array_equal(np.round(scene_io.linear_to_srgb(rgba.reshape(-1, 4)[:, :3]) * 255), np.round(truth["colors"] * 255))
+    assert np.array_equal(np.round(scene_import.linear_to_srgb(rgba.reshape(-1, 4)[:, :3]) * 255), np.round(truth["colors"] * 255))
     assert obj.users_collection[0].name == "WorldStereo"
     mod = obj.modifiers[0]
     kinds = {n.bl_idname for n in mod.node_group.nodes}
@@ -353,10 +353,10 @@ def test_import_point_cloud_ascii_and_float_colours(clean_scene, tmp_path):
     pts = rng.normal(size=(50, 3)).astype(np.float32)
     cols = rng.integers(0, 256, (50, 3)).astype(np.uint8)
     ply.write_ply(tmp_path / "a.ply", pts, cols, ascii=True)
-    obj = scene_io.import_point_cloud(bpy.context, str(tmp_path / "a.ply"), "Ascii")
+    obj = scene_import.import_point_cloud(bpy.context, str(tmp_path / "a.ply"), "Ascii")
     rgba = np.empty(50 * 4, dtype=np.float32)
     obj.data.attributes["Col"].data.foreach_get("color", rgba)
-    assert np.array_equal(np.round(scene_io.linear_to_srgb(rgba.reshape(-1, 4)[:, :3]) * 255), cols)
+    assert np.array_equal(np.round(scene_import.linear_to_srgb(rgba.reshape(-1, 4)[:, :3]) * 255), cols)
     # float colours (0..1) and no normals, binary big-endian
     table = np.empty(50, dtype=[("x", ">f4"), ("y", ">f4"), ("z", ">f4"), ("red", ">f4"), ("green", ">f4"), ("blue", ">f4")])
     for i, k in enumerate("xyz"):
@@ -380,15 +380,15 @@ def test_failed_point_cloud_import_leaves_nothing(clean_scene, tmp_path):
         + b"\0" * 12
     )
     with pytest.raises(AddonError, match="truncated"):
-        scene_io.import_point_cloud(bpy.context, str(bad), "Bad")
+        scene_import.import_point_cloud(bpy.context, str(bad), "Bad")
     with pytest.raises(AddonError, match="does not exist"):
-        scene_io.import_point_cloud(bpy.context, str(tmp_path / "missing.ply"), "Missing")
+        scene_import.import_point_cloud(bpy.context, str(tmp_path / "missing.ply"), "Missing")
     assert not bpy.data.objects and not bpy.data.meshes and not bpy.data.collections and not bpy.data.materials
     # a failure after the mesh, material and collection exist: all of them go again
     good = tmp_path / "good.ply"
     ply.write_ply(good, np.zeros((3, 3)))
     with pytest.raises(ValueError):
-        scene_io.import_point_cloud(bpy.context, str(good), "Half", radius="not a number")
+        scene_import.import_point_cloud(bpy.context, str(good), "Half", radius="not a number")
     assert not bpy.data.objects and not bpy.data.meshes and not bpy.data.collections and not bpy.data.materials
     assert not bpy.data.node_groups and not bpy.context.scene.collection.children
 
@@ -417,7 +417,7 @@ def mesh_world_vertices_and_colors(obj) -> tuple[np.ndarray, np.ndarray]:
 def test_import_mesh_in_world_coordinates_with_colours(clean_scene, engine_files, suffix):
     path = engine_files / f"mesh.{suffix}"
     truth = np.load(engine_files / "mesh_truth.npy")
-    obj = scene_io.import_mesh(bpy.context, str(path), "Mesh")
+    obj = scene_import.import_mesh(bpy.context, str(path), "Mesh")
     assert obj.name == "Mesh" and obj.users_collection[0].name == "WorldStereo"
     assert len(obj.data.vertices) == 30 and len(obj.data.polygons) == 40
     world, colors = mesh_world_vertices_and_colors(obj)
@@ -438,7 +438,7 @@ def test_failed_mesh_import_leaves_nothing(clean_scene, tmp_path):
     bad = tmp_path / "bad.glb"
     bad.write_bytes(b"glTF not really")
     with pytest.raises(AddonError):
-        scene_io.import_mesh(bpy.context, str(bad), "Bad")
+        scene_import.import_mesh(bpy.context, str(bad), "Bad")
     assert not bpy.data.objects and not bpy.data.meshes and not bpy.data.collections
 
 
@@ -446,18 +446,18 @@ def test_import_video_as_background_and_strip(clean_scene, engine_files, tmp_pat
     scene = clean_scene
     path = engine_files / "video.mp4"
     cam = add_camera(scene, "C")
-    image = scene_io.import_video(bpy.context, str(path), cam, mode="BACKGROUND")
+    image = scene_import.import_video(bpy.context, str(path), cam, mode="BACKGROUND")
     assert image.source == "MOVIE" and image.frame_duration == 9
     bg = cam.data.background_images[0]
     assert bg.image == image and bg.image_user.frame_duration == 9 and cam.data.show_background_images
-    strip = scene_io.import_video(bpy.context, str(path), cam, mode="SEQUENCE")
+    strip = scene_import.import_video(bpy.context, str(path), cam, mode="SEQUENCE")
     assert strip.frame_final_duration == 9 and strip.frame_start == scene.frame_start
     with pytest.raises(AddonError, match="does not exist"):
-        scene_io.import_video(bpy.context, str(tmp_path / "none.mp4"), cam)
+        scene_import.import_video(bpy.context, str(tmp_path / "none.mp4"), cam)
     images = len(bpy.data.images)
     (tmp_path / "junk.mp4").write_bytes(b"not a video")
     for mode in ("BACKGROUND", "SEQUENCE"):
         with pytest.raises(AddonError, match="cannot read the video"):
-            scene_io.import_video(bpy.context, str(tmp_path / "junk.mp4"), cam, mode=mode)
+            scene_import.import_video(bpy.context, str(tmp_path / "junk.mp4"), cam, mode=mode)
     assert len(bpy.data.images) == images and len(cam.data.background_images) == 1
     assert len(scene.sequence_editor.strips) == 1
