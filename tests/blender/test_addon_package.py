@@ -43,7 +43,7 @@ def test_zip_holds_the_addon_with_real_files(addon_zip):
     with zipfile.ZipFile(addon_zip) as z:
         names = set(z.namelist())
         assert {"blender_manifest.toml", "__init__.py", "operators.py", "panel.py", "generate.py", "jobs.py", "scene_io.py",
-                "camera_convert.py", "scene_import.py", "workflow_format.py", "comfyui_backend.py"} <= names  # fmt: skip
+                "camera_convert.py", "scene_import.py", "workflow_format.py", "comfyui_backend.py", "depth_points.py", "websocket.py"} <= names  # fmt: skip
         workflow = [n for n in names if n.startswith("workflows/") and n.endswith(".json")]
         assert workflow and json.loads(z.read(workflow[0]))["nodes"]  # copied as a file, not a link
         assert not any(n.endswith((".pyc", ".so", ".pyd", ".whl")) for n in names)  # pure Python

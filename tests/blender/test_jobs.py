@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon import comfyui_backend, jobs, ply
+from blender_addon import comfyui_backend, depth_points, jobs, ply
 from blender_addon.errors import AddonError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,9 +212,9 @@ def test_online_access_off_refuses_remote_servers_only(tmp_path, placeholders):
 def test_depth_prior_lifts_to_the_engines_world_points(tmp_path, room, run_engine_json):
     trajectory = json.loads((room / "trajectory.json").read_text())
     depth = np.load(room / "depth.npy")
-    K, c2w = comfyui_backend.first_camera(trajectory, depth.shape)
-    colors = comfyui_backend.read_image_rgb(room / "image.png", depth.shape)
-    points, rgb = comfyui_backend.depth_to_points(depth, K, c2w, colors)
+    K, c2w = depth_points.first_camera(trajectory, depth.shape)
+    colors = depth_points.read_image_rgb(room / "image.png", depth.shape)
+    points, rgb = depth_points.depth_to_points(depth, K, c2w, colors)
     ply.write_ply(tmp_path / "prior.ply", points, rgb)
     engine = run_engine_json("""
 import sys, json, numpy as np, torch
@@ -235,8 +235,8 @@ print(json.dumps({"dist": float((cloud["points"] - truth).norm(dim=-1).max()),
 def test_the_stdlib_png_reader_agrees_with_blender(room):
     import bpy  # noqa: F401 - read_image_rgb prefers bpy; the fallback must give the same pixels
 
-    via_bpy = comfyui_backend.read_image_rgb(room / "image.png", (64, 64))
-    assert np.array_equal(comfyui_backend._png_rgb(room / "image.png"), via_bpy)
+    via_bpy = depth_points.read_image_rgb(room / "image.png", (64, 64))
+    assert np.array_equal(depth_points._png_rgb(room / "image.png"), via_bpy)
 
 
 # ----------------------------------------------------------------------------------------------
