@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tempfile
+import traceback
 
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
@@ -39,6 +40,14 @@ def _set_status(context, text: str | None, progress: float | None = None) -> Non
         workspace.status_text_set(f"WorldStereo: {text}" if text else None)
     for area in getattr(context.screen, "areas", []) if getattr(context, "screen", None) else []:
         area.tag_redraw()
+
+
+def _message(error: Exception) -> str:
+    """What the UI shows: an AddonError's own message; anything else in one line (its traceback goes to the console)."""
+    if isinstance(error, AddonError):
+        return str(error)
+    traceback.print_exc()
+    return f"WorldStereo failed unexpectedly ({type(error).__name__}: {error}); the details are in the system console."
 
 
 def _engine_python(context) -> str:
@@ -76,8 +85,8 @@ class WORLDSTEREO_OT_generate(bpy.types.Operator):
             generate.check_backend(context)
             inputs, first_camera = generate.prepare_inputs(context)
             job = generate.start_job(context, inputs)
-        except AddonError as e:
-            self.report({"ERROR"}, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
+            self.report({"ERROR"}, _message(e))
             return {"CANCELLED"}
         _running["job"] = job
         self._camera = first_camera
@@ -103,8 +112,8 @@ class WORLDSTEREO_OT_generate(bpy.types.Operator):
         if job.state == "done":
             try:
                 generate.import_results(context, job.result_files, self._camera)
-            except AddonError as e:
-                return self._finish(context, str(e), {"ERROR"})
+            except Exception as e:  # noqa: BLE001 - import_results has already undone its part
+                return self._finish(context, _message(e), {"ERROR"})
             return self._finish(context, "Done: results imported into the 'WorldStereo' collection", {"INFO"})
         if job.state == "cancelled":
             return self._finish(context, "Cancelled; the scene is unchanged", {"WARNING"})
@@ -144,8 +153,8 @@ class WORLDSTEREO_OT_check_engine(bpy.types.Operator):
     def execute(self, context):
         try:
             python = _engine_python(context)
-        except AddonError as e:
-            self.report({"ERROR"}, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
+            self.report({"ERROR"}, _message(e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"{python} has the WorldStereo engine")
         return {"FINISHED"}
@@ -163,8 +172,8 @@ class WORLDSTEREO_OT_export_trajectory(bpy.types.Operator, ExportHelper):
     def execute(self, context):
         try:
             export_trajectory(context, self.filepath, self.format)
-        except AddonError as e:
-            self.report({"ERROR"}, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
+            self.report({"ERROR"}, _message(e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Wrote {self.filepath}")
         return {"FINISHED"}
@@ -180,8 +189,8 @@ class WORLDSTEREO_OT_import_trajectory(bpy.types.Operator, ImportHelper):
     def execute(self, context):
         try:
             obj = import_trajectory(context, self.filepath)
-        except AddonError as e:
-            self.report({"ERROR"}, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
+            self.report({"ERROR"}, _message(e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Created camera '{obj.name}'")
         return {"FINISHED"}
@@ -197,8 +206,8 @@ class WORLDSTEREO_OT_import_result(bpy.types.Operator, ImportHelper):
     def execute(self, context):
         try:
             created = import_result(context, self.filepath)
-        except AddonError as e:
-            self.report({"ERROR"}, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
+            self.report({"ERROR"}, _message(e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Imported {len(created)} item(s)")
         return {"FINISHED"}
