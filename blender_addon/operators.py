@@ -50,6 +50,17 @@ def _message(error: Exception) -> str:
     return f"WorldStereo failed unexpectedly ({type(error).__name__}: {error}); the details are in the system console."
 
 
+def _run(op, action, done) -> set:
+    """Run ``action()``; report ``done(result)`` or the failure in the UI; the operator's return value."""
+    try:
+        result = action()
+    except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
+        op.report({"ERROR"}, _message(e))
+        return {"CANCELLED"}
+    op.report({"INFO"}, done(result))
+    return {"FINISHED"}
+
+
 def _engine_python(context) -> str:
     python = bpy.path.abspath(preferences.get(context).python_path)
     if not python:
@@ -151,13 +162,7 @@ class WORLDSTEREO_OT_check_engine(bpy.types.Operator):
     bl_label = "Check Engine"
 
     def execute(self, context):
-        try:
-            python = _engine_python(context)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
-            self.report({"ERROR"}, _message(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"{python} has the WorldStereo engine")
-        return {"FINISHED"}
+        return _run(self, lambda: _engine_python(context), lambda python: f"{python} has the WorldStereo engine")
 
 
 class WORLDSTEREO_OT_export_trajectory(bpy.types.Operator, ExportHelper):
@@ -170,13 +175,7 @@ class WORLDSTEREO_OT_export_trajectory(bpy.types.Operator, ExportHelper):
     format: bpy.props.EnumProperty(name="Format", items=TRAJECTORY_FORMATS, default="worldstereo")
 
     def execute(self, context):
-        try:
-            export_trajectory(context, self.filepath, self.format)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
-            self.report({"ERROR"}, _message(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Wrote {self.filepath}")
-        return {"FINISHED"}
+        return _run(self, lambda: export_trajectory(context, self.filepath, self.format), lambda path: f"Wrote {path}")
 
 
 class WORLDSTEREO_OT_import_trajectory(bpy.types.Operator, ImportHelper):
@@ -187,13 +186,7 @@ class WORLDSTEREO_OT_import_trajectory(bpy.types.Operator, ImportHelper):
     filter_glob: bpy.props.StringProperty(default="*.json;*.txt", options={"HIDDEN"})
 
     def execute(self, context):
-        try:
-            obj = import_trajectory(context, self.filepath)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
-            self.report({"ERROR"}, _message(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Created camera '{obj.name}'")
-        return {"FINISHED"}
+        return _run(self, lambda: import_trajectory(context, self.filepath), lambda obj: f"Created camera '{obj.name}'")
 
 
 class WORLDSTEREO_OT_import_result(bpy.types.Operator, ImportHelper):
@@ -204,13 +197,7 @@ class WORLDSTEREO_OT_import_result(bpy.types.Operator, ImportHelper):
     filter_glob: bpy.props.StringProperty(default="*.ply;*.glb;*.mp4;*.json", options={"HIDDEN"})
 
     def execute(self, context):
-        try:
-            created = import_result(context, self.filepath)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the UI
-            self.report({"ERROR"}, _message(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Imported {len(created)} item(s)")
-        return {"FINISHED"}
+        return _run(self, lambda: import_result(context, self.filepath), lambda created: f"Imported {len(created)} item(s)")
 
 
 # ----------------------------------------------------------------------------------------------
