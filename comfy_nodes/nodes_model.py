@@ -12,7 +12,7 @@ from ws_engine.pipeline import WorldStereoPipeline
 from . import runtime
 
 CATEGORY = "WorldStereo"
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION = ("sdpa", "xformers")
 GEOMETRIC = "geometric"
@@ -45,7 +45,7 @@ class WorldStereoLoadModel:
             "required": {
                 "model": ([GEOMETRIC, *model_folders()], {"default": GEOMETRIC, "tooltip": "'geometric' or a folder in models/worldstereo."}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device."}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights dtype of neural models (auto: float32)."}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights dtype of neural models (auto: bfloat16 on a GPU that has it, else float32)."}),
                 "attention": (list(ATTENTION), {"default": "sdpa", "tooltip": "Attention of neural models; xformers needs the xformers extra."}),
                 "cpu_offload": ("BOOLEAN", {"default": False, "tooltip": "Keep neural weights on the CPU until each module runs."}),
             }
@@ -62,6 +62,6 @@ class WorldStereoLoadModel:
             source = folders[model]
         target = runtime.torch_device() if device == "auto" else torch.device(device)
         pipe = WorldStereoPipeline(
-            source, device=str(target), torch_dtype=DTYPES[dtype] or torch.float32, enable_xformers=attention == "xformers", enable_cpu_offload=cpu_offload
+            source, device=str(target), torch_dtype=DTYPES[dtype], enable_xformers=attention == "xformers", enable_cpu_offload=cpu_offload
         )
         return (pipe,)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 
-from conftest import ROOT, SHARED
 from diffusers import WanTransformer3DModel
 
 from ws_engine.backbones.worldstereo.controlnet import MaskCamEmbed
@@ -21,6 +22,8 @@ from ws_engine.backbones.worldstereo.transformer import (
 )
 from ws_engine.errors import ConfigError, MissingDependencyError, ShapeMismatchError
 
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("WORLDSTEREO_SHARED", ROOT.parent / "shared"))
 KEYS = SHARED / "reference" / "worldstereo-keys"
 # The tiny configuration of worldstereo-keys/README.md (also in tiny_forward_report.json).
 WAN = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 36, "out_channels": 16,

@@ -143,8 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, help="N or HxW; default: the trajectory file's, else the image's (long side <= 768)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of a preset's camera (degrees)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps of a neural backbone (num_inference_steps)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale of a neural backbone (guidance_scale)")
+    p.add_argument("--model", default="geometric",
+                   help="geometric (training-free, default), a folder written by save_pretrained, or a WorldStereo 2.0 checkpoint: "
+                        "hanshanxue/WorldStereo or a local folder in its layout, with --variant")
+    p.add_argument("--variant", default=None, choices=("worldstereo-camera", "worldstereo-memory", "worldstereo-memory-dmd"),
+                   help="subfolder of a WorldStereo 2.0 checkpoint")
+    p.add_argument("--dtype", default="auto", help="weights of a neural model: auto (bf16 on CUDA, else fp32), fp32, fp16, bf16")
+    p.add_argument("--cpu-offload", action="store_true", help="keep a neural model's weights on the CPU until each part runs")
+    p.add_argument("--local-files-only", action="store_true", help="do not contact the hub (use its cache or local folders)")
+    p.add_argument("--prompt", default="", help="text prompt of a neural model")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps of a neural backbone (default: its own, 40)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale of a neural backbone (default: its own, 5.0)")
     p.add_argument("--reconstruct", nargs="+", default=["point_cloud"], metavar="METHOD",
                    help=f"one or more of {', '.join(RECONSTRUCTION_METHODS)} (space or comma separated), or none; "
                         "point_cloud writes scene.ply, mesh mesh.glb")  # fmt: skip
@@ -200,6 +209,20 @@ def _default_size(h: int, w: int, long_side: int = 768, multiple: int = 16) -> t
     return max(multiple, round(h * scale / multiple) * multiple), max(multiple, round(w * scale / multiple) * multiple)
 
 
+def _load_model(args):
+    """The model of ``--model`` (and --variant, --dtype, --cpu-offload, --local-files-only) on ``--device``."""
+    from .model import WorldStereo
+    from .optimization import enable_model_cpu_offload
+
+    if args.model == "geometric" and not args.variant:
+        return WorldStereo(device=_device(args.device))
+    model = WorldStereo.from_pretrained(args.model, args.variant, local_files_only=args.local_files_only, torch_dtype=args.dtype,
+                                        device=_device(args.device))  # fmt: skip
+    if args.cpu_offload:
+        enable_model_cpu_offload(model)
+    return model
+
+
 def cmd_generate(args, rep: Reporter) -> None:
     from .depth import resolve_depth
     from .errors import ConfigError
@@ -215,11 +238,13 @@ def cmd_generate(args, rep: Reporter) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder.")
     methods = _methods(args.reconstruct)
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}.")
     if args.frames is not None and args.frames < 2:
         raise ConfigError(f"--frames must be at least 2, got {args.frames}.")
     image = load_image(args.image)
+    model = _load_model(args)
+    backbone = model.backbone
     scene_depth = args.scene_depth or 3.0
     is_preset = args.trajectory in PRESETS
     if not is_preset and not Path(args.trajectory).exists():
@@ -229,7 +254,7 @@ def cmd_generate(args, rep: Reporter) -> None:
     if is_preset:
         from .cameras import CameraParameters
 
-        size = args.size or _default_size(*image.shape[-2:])
+        size = args.size or backbone.preferred_size(*_default_size(*image.shape[-2:]))
         first = CameraParameters.from_fov(args.fov, size[1], size[0])
     else:
         traj, meta = load_trajectory(args.trajectory, return_meta=True)
@@ -243,13 +268,15 @@ def cmd_generate(args, rep: Reporter) -> None:
                               depth_model=args.depth_model, device=args.device, scene_depth=scene_depth)  # fmt: skip
     if is_preset:  # a preset's motion is scaled by the scene's median depth
         scene_depth = float(depth[depth > 0].median()) if depth is not None else 1.0
-        traj = _preset_trajectory(args.trajectory, args.frames or 16, size, args.fov, scene_depth)
+        default_frames = 21 if backbone.chunk_size > 1 else 16  # a neural backbone takes 1 + 20k frames
+        traj = _preset_trajectory(args.trajectory, args.frames or default_frames, size, args.fov, scene_depth)
     elif args.frames and args.frames != len(traj):
         traj = traj.resample(args.frames)
-    model = WorldStereo(device=_device(args.device))
+    traj = backbone.prepare_trajectory(traj, args.frames)
+    backbone.check_frames(len(traj))
     rep.stage("generate", len(traj))
     video, result = generate_video(model, cam_image, traj, seed=args.seed, depth=depth, point_cloud=args.point_cloud, progress_callback=rep,
-                                   num_inference_steps=args.steps, guidance_scale=args.guidance, return_result=True)  # fmt: skip
+                                   num_inference_steps=args.steps, guidance_scale=args.guidance, prompt=args.prompt, return_result=True)  # fmt: skip
     files = {}
     recs = {}
     for method in methods:

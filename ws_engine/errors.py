@@ -87,6 +87,10 @@ class ModelLoadError(WorldStereoError, ValueError):
     """A model folder or hub id that cannot be loaded (missing files, unknown backbone, bad config)."""
 
 
+class OutOfMemoryError(WorldStereoError, RuntimeError):
+    """The device ran out of memory; the message says what to change (offload, size, frames)."""
+
+
 class GenerationCancelled(WorldStereoError, RuntimeError):
     """Raised (e.g. by a progress callback) to stop a run between steps; memories stay consistent."""
 

@@ -92,6 +92,7 @@ class WorldStereo(torch.nn.Module):
         self.global_memory_config = {**DEFAULT_GLOBAL_MEMORY, **(global_memory_config or {})}
         self.spatial_memory_config = {**DEFAULT_SPATIAL_MEMORY, **(spatial_memory_config or {})}
         self.backbone: Backbone = build_backbone(self.vdm_config)
+        self.backbone.to(self.device)
         try:
             self.global_memory = GlobalGeometricMemory(**self.global_memory_config, device=self.device)
             self.spatial_memory = SpatialStereoMemory(**self.spatial_memory_config, device=self.device)
@@ -118,11 +119,30 @@ class WorldStereo(torch.nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, path_or_name="geometric", device="cuda", **overrides) -> "WorldStereo":
-        """``"geometric"`` builds the training-free model; a folder loads what save_pretrained wrote."""
+    def from_pretrained(cls, path_or_name="geometric", subfolder: str | None = None, *, local_files_only: bool = False, torch_dtype=None,
+                        revision: str | None = None, device="cuda", **overrides) -> "WorldStereo":  # fmt: skip
+        """``"geometric"``: the training-free model. A folder written by :meth:`save_pretrained`: its configs.
+        A released WorldStereo 2.0 checkpoint (a hub id such as ``"hanshanxue/WorldStereo"`` or a local
+        folder in its layout) with ``subfolder`` = ``worldstereo-camera`` / ``worldstereo-memory`` /
+        ``worldstereo-memory-dmd``: the neural backbone (needs the ``neural`` extra)."""
         if isinstance(path_or_name, str) and path_or_name == "geometric":
             return cls(vdm_config={"backbone": "geometric", **overrides.pop("vdm_config", {})}, device=device, **overrides)
-        return cls(pretrained_path=path_or_name, device=device, **overrides)
+        folder = Path(str(path_or_name)).expanduser()
+        local = folder / subfolder if subfolder else folder
+        official = not (local / CONFIG_NAME).is_file() or "vdm_config" not in _read_config(local)
+        if official:
+            neural = {"backbone": "worldstereo", "pretrained": str(path_or_name), "subfolder": subfolder, "local_files_only": local_files_only,
+                      "torch_dtype": str(torch_dtype).removeprefix("torch.") if torch_dtype is not None else "fp32", "revision": revision}  # fmt: skip
+            return cls(vdm_config={**neural, **overrides.pop("vdm_config", {})}, device=device, **overrides)
+        return cls(pretrained_path=local, device=device, **overrides)
+
+    @property
+    def transformer(self):
+        """The neural backbone's transformer (official argument names in ``forward``)."""
+        transformer = getattr(self.backbone, "transformer", None)
+        if transformer is None:
+            raise ConfigError(f"The {self.backbone.name!r} backbone has no transformer; load a neural model with from_pretrained().")
+        return transformer
 
     def forward(self, *args, **kwargs):
         if not self.backbone.trainable:
@@ -287,8 +307,8 @@ class WorldStereo(torch.nn.Module):
         *,
         depth: torch.Tensor | None = None,
         point_cloud=None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         use_geometric_memory: bool = True,
         use_spatial_memory: bool = True,
         generator: torch.Generator | None = None,
@@ -313,6 +333,9 @@ class WorldStereo(torch.nn.Module):
         if depth is not None and tuple(depth.shape) != (H, W):
             raise ShapeMismatchError(f"depth must be ({H},{W}) for this trajectory, got {tuple(depth.shape)}.")
         self.backbone.check(use_geometric_memory, use_spatial_memory)
+        self.backbone.check_frames(len(traj))
+        num_inference_steps = self.backbone.default_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = self.backbone.default_guidance if guidance_scale is None else guidance_scale
         m = self.backbone.size_multiple
         if H % m or W % m:
             raise ShapeMismatchError(f"The {self.backbone.name} backbone needs a height and width divisible by {m}, got {H}x{W}.")
@@ -340,7 +363,7 @@ class WorldStereo(torch.nn.Module):
                 renders = self.global_memory.render(cams, radius=self.backbone.render_radius)
             out = self.backbone.fill(
                 ChunkInputs(image, cams, idx, renders, self.global_memory, self.spatial_memory, use_geometric_memory, use_spatial_memory,
-                            num_inference_steps, guidance_scale, prompt, generator, None)
+                            num_inference_steps, guidance_scale, prompt, generator, None, frames[start - 1], traj.cameras[start - 1])
             )  # fmt: skip
             frames[idx] = out.frames.to(self.device)
             if out.depth is not None:
@@ -429,5 +452,6 @@ def _read_config(path) -> dict:
     if not isinstance(config, dict):
         raise ModelLoadError(f"{file} must hold a JSON object with vdm_config / global_memory_config / spatial_memory_config.")
     if "vdm_config" not in config and ("base_model" in config or "controlnet_cfg" in config):
-        return {"vdm_config": {"backbone": "worldstereo"}}  # an official WorldStereo 2.0 folder (config.json + model.safetensors)
+        # an official WorldStereo 2.0 variant folder (config.json + model.safetensors)
+        return {"vdm_config": {"backbone": "worldstereo", "pretrained": str(file.parent)}}
     return config

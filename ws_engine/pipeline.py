@@ -175,7 +175,9 @@ def _prepare(model, condition_image, camera_trajectory, num_frames, height, widt
     model = _as_model(model)
     traj, file_depth = _as_trajectory(camera_trajectory, fps)
     scene_depth = scene_depth or file_depth or 3.0
+    traj = model.backbone.prepare_trajectory(traj, num_frames)
     traj = _check_size(traj, num_frames, height, width, model.backbone.size_multiple)
+    model.backbone.check_frames(len(traj))
     generator = _generator(seed, "cpu")
     image = load_condition_image(condition_image, traj.height, traj.width).to(model.device)
     cloud = _point_cloud(point_cloud)
@@ -198,8 +200,8 @@ def generate_video(
     num_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     point_cloud=None,
     use_geometric_memory: bool = True,
     use_spatial_memory: bool = True,
@@ -224,10 +226,13 @@ def generate_video(
         model: a WorldStereo, a WorldStereoPipeline, ``"geometric"`` or a model folder.
         condition_image: path, PIL image, numpy (H,W,3) or tensor (3,H,W) in [0,1].
         camera_trajectory: CameraTrajectory, or a trajectory file / dict in any supported format.
-        num_frames: must equal the trajectory's length (None: take it).
+        num_frames: must equal the trajectory's length (None: take it; the neural backbone takes an
+            81-camera official trajectory's 21 keyframes, and needs 1 + 20k frames).
         height, width: output size (None: the trajectory's); the trajectory's intrinsics are
             rescaled and the image resized to it.
-        num_inference_steps, guidance_scale: sampler settings of neural backbones.
+        num_inference_steps, guidance_scale: sampler settings of neural backbones (None: the
+            backbone's defaults, 40 steps and guidance 5.0 for WorldStereo 2.0; its DMD variant always
+            takes 4 steps without guidance).
         point_cloud: (N,6) xyz+rgb, a dict with points/colors, or a point-cloud file; added to the
             Global memory (world = frame 0's world).
         use_geometric_memory, use_spatial_memory: the two memories' switches.
@@ -320,20 +325,21 @@ class WorldStereoPipeline:
     """A model plus the three seed functions as methods.
 
     Args:
-        model_path: ``"geometric"`` (training-free, no weights) or a model folder.
+        model_path: ``"geometric"`` (training-free, no weights), a model folder, or a WorldStereo 2.0
+            variant folder / hub path (e.g. ``"hanshanxue/WorldStereo/worldstereo-memory"`` is not a hub
+            id: use ``WorldStereo.from_pretrained(repo, subfolder)`` and pass the model instead).
         device: ``"cuda"`` without CUDA falls back to the CPU with one warning.
-        torch_dtype: weights dtype of neural backbones (float32, float16, bfloat16).
+        torch_dtype: weights dtype of neural backbones (torch.float32/float16/bfloat16 or "fp32", "fp16",
+            "bf16", "auto": bf16 on CUDA with bf16 support, else fp32).
         enable_xformers: use xformers attention (neural backbones; needs the xformers extra).
         enable_cpu_offload: keep weights on the CPU until a module runs (neural backbones).
     """
 
     def __init__(self, model_path="geometric", device="cuda", torch_dtype=torch.float32, enable_xformers=False, enable_cpu_offload=False):
-        from .optimization import enable_model_cpu_offload, enable_xformers_memory_efficient_attention
+        from .optimization import enable_model_cpu_offload, enable_xformers_memory_efficient_attention, resolve_dtype
 
-        if torch_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ConfigError(f"torch_dtype must be torch.float32, torch.float16 or torch.bfloat16, got {torch_dtype!r}.")
-        self.torch_dtype = torch_dtype
-        self.model = WorldStereo.from_pretrained(model_path, device=device)
+        self.torch_dtype = resolve_dtype(torch_dtype)
+        self.model = WorldStereo.from_pretrained(model_path, torch_dtype=self.torch_dtype, device=device)
         if enable_xformers:
             enable_xformers_memory_efficient_attention(self.model)
         if enable_cpu_offload:

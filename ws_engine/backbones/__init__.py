@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError, ModelLoadError, check_choice
+from ..errors import ConfigError, MissingDependencyError, check_choice
 from .base import Backbone, ChunkInputs, ChunkOutputs
 from .geometric import GeometricBackbone
 
@@ -18,10 +18,14 @@ def build_backbone(vdm_config: dict | None) -> Backbone:
         raise ConfigError(f"vdm_config['backbone'] must be a name, got {config.get('backbone')!r}.")
     name = check_choice("backbone", config.pop("backbone", "geometric"), BACKBONES)
     if name == "worldstereo":
-        raise ModelLoadError(
-            "The neural 'worldstereo' backbone (WorldStereo 2.0 on diffusers) is not part of this version yet: "
-            "it needs ws_engine.backbones.worldstereo, which a later release adds, and the 'neural' extra "
-            "(pip install 'comfyui-worldstereo[neural]': diffusers, transformers, huggingface_hub). Use vdm_config={'backbone': 'geometric'} "
-            "(training-free, CPU) for now."
-        )
+        from .worldstereo.checkpoint import NEURAL_HINT
+
+        try:
+            from .worldstereo.neural import WorldStereoBackbone
+        except ImportError as e:
+            raise MissingDependencyError(
+                f"The neural 'worldstereo' backbone needs diffusers and transformers ({e}): {NEURAL_HINT}. "
+                "Without them use vdm_config={'backbone': 'geometric'} (training-free, CPU)."
+            ) from None
+        return WorldStereoBackbone(config)
     return GeometricBackbone(config)

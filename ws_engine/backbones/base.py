@@ -36,6 +36,8 @@ class ChunkInputs:
     num_inference_steps, guidance_scale, prompt: sampler settings (ignored by training-free backbones).
     generator: the run's torch.Generator (every stochastic step draws from it).
     progress: ``progress(step, total, latent)`` for steps inside the chunk, or None.
+    anchor_frame / anchor_camera: the frame (3,H,W) just before the chunk and its camera (the
+        condition image and frame 0's camera for the first chunk).
     """
 
     condition_image: torch.Tensor
@@ -51,6 +53,8 @@ class ChunkInputs:
     prompt: str = ""
     generator: torch.Generator | None = None
     progress: ProgressCallback | None = None
+    anchor_frame: torch.Tensor | None = None
+    anchor_camera: CameraParameters | None = None
 
 
 @dataclass
@@ -86,12 +90,26 @@ class Backbone:
     trainable: bool = False
     #: splat radius of the Global-memory renders in :attr:`ChunkInputs.renders` (None: the memory's)
     render_radius: float | None = None
+    #: sampler defaults used when the caller passes None
+    default_steps: int = 50
+    default_guidance: float = 7.5
 
     def __init__(self, config: dict | None = None):
         self.config = dict(config or {})
 
     def check(self, use_geometric_memory: bool, use_spatial_memory: bool) -> None:
         """Raise a ConfigError before any work if this backbone cannot run with these switches."""
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raise a ShapeMismatchError before any work if this backbone cannot make ``num_frames`` frames."""
+
+    def prepare_trajectory(self, trajectory, num_frames: int | None):
+        """The trajectory this backbone generates for a requested frame count (None: the trajectory's)."""
+        return trajectory
+
+    def preferred_size(self, height: int, width: int) -> tuple[int, int]:
+        """The output size to use for an image of (height, width) when the caller gives none."""
+        return height, width
 
     def fill(self, inputs: ChunkInputs) -> ChunkOutputs:  # pragma: no cover - interface
         raise NotImplementedError

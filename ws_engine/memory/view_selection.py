@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..cameras import CameraParameters
 
-__all__ = ["frustum_overlap_scores", "rank_reference_views", "view_tensors"]
+__all__ = ["dinov2_features", "frustum_overlap_scores", "image_quality", "rank_reference_views", "select_diverse_views", "view_tensors"]
 
 
 def view_tensors(cameras: list[CameraParameters]):
@@ -60,7 +60,7 @@ def frustum_overlap_scores(target: CameraParameters, view_K, view_c2w, view_size
     low = torch.maximum(t_box[:, None, 0], v_box[None, :, 0])
     high = torch.minimum(t_box[:, None, 1], v_box[None, :, 1])
     inter = (high - low).clamp(min=0).prod(-1)
-    volume = lambda box: (box[:, 1] - box[:, 0]).prod(-1)  # noqa: E731
+    volume = lambda box: (box[:, 1] - box[:, 0]).prod(-1)
     union = volume(t_box)[:, None] + volume(v_box)[None, :] - inter
     iou = inter / union.clamp_min(1e-12)
     cos = (F.normalize(t_axis, dim=-1) @ F.normalize(v_axis, dim=-1).T).clamp(-1, 1)
@@ -79,3 +79,71 @@ def rank_reference_views(scores: torch.Tensor, k: int) -> torch.Tensor:
     chosen = torch.unique(best_view)
     chosen = chosen[torch.argsort(first[chosen], stable=True)]  # by first appearance ...
     return chosen[torch.argsort(-score[chosen], stable=True)][:k]  # ... then best score first
+
+
+def image_quality(images: torch.Tensor) -> torch.Tensor:
+    """Quality (N,) of images (N,3,H,W) in [0,1]: 0.4 log1p(Laplacian variance) + 0.3 grey-level entropy
+    (256 bins, bits) + 0.3 std/128, on 8-bit grey made with OpenCV's BGR2GRAY from RGB (the official quirk)."""
+    import cv2
+    import numpy as np
+
+    out = []
+    for img in (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy():
+        grey = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)
+        sharp = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+        hist = np.bincount(grey.ravel(), minlength=256) / grey.size
+        entropy = float(-(hist[hist > 0] * np.log2(hist[hist > 0])).sum())
+        out.append(0.4 * np.log1p(sharp) + 0.3 * entropy + 0.3 * float(grey.std()) / 128)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _zscore(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-8)
+
+
+def select_diverse_views(c2w: torch.Tensor, images: torch.Tensor, k: int, features: torch.Tensor | None = None) -> torch.Tensor:
+    """``k`` view indices (long) by quality-aware furthest point sampling (the official CameraSelector).
+
+    Each view is [z-scored camera centre and quaternion (x, y, z, w; w >= 0)] x 0.3, joined with
+    z-scored ``features`` (N,D) (e.g. DINOv2) x 0.7 when given. The first pick maximises
+    ``-|f - centroid| + 0.1 q``, each next one ``min-distance x (1 + 0.1 (q - 0.5))`` with q the
+    min-max normalised :func:`image_quality`.
+    """
+    from scipy.spatial.transform import Rotation
+
+    n = len(c2w)
+    if k >= n:
+        return torch.arange(n)
+    c2w = c2w.detach().double().cpu()
+    quat = torch.from_numpy(Rotation.from_matrix(c2w[:, :3, :3].numpy()).as_quat())
+    quat = torch.where(quat[:, 3:] < 0, -quat, quat)
+    f = _zscore(torch.cat([c2w[:, :3, 3], quat], 1)) * 0.3
+    if features is not None:
+        f = torch.cat([f, _zscore(features.detach().double().cpu()) * 0.7], 1)
+    q = image_quality(images)
+    q = (q - q.min()) / (q.max() - q.min()).clamp_min(1e-12)
+    chosen = [int(torch.argmax(-(f - f.mean(0)).norm(dim=1) + 0.1 * q))]
+    dist = (f - f[chosen[0]]).norm(dim=1)
+    while len(chosen) < k:
+        score = dist * (1 + 0.1 * (q - 0.5))
+        score[chosen] = -1
+        nxt = int(torch.argmax(score))
+        chosen.append(nxt)
+        dist = torch.minimum(dist, (f - f[nxt]).norm(dim=1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def dinov2_features(images: torch.Tensor, model: str = "facebook/dinov2-base", local_files_only: bool = False) -> torch.Tensor:
+    """Global DINOv2 features (N,D) (``pooler_output``) of images (N,3,H,W) in [0,1] via transformers."""
+    try:
+        from transformers import AutoImageProcessor, AutoModel
+    except ImportError as e:
+        from ..errors import MissingDependencyError
+
+        raise MissingDependencyError('DINOv2 features need transformers: pip install "comfyui-worldstereo[neural]".') from e
+    processor = AutoImageProcessor.from_pretrained(model, local_files_only=local_files_only)
+    net = AutoModel.from_pretrained(model, local_files_only=local_files_only).eval()
+    pixels = list((images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    with torch.no_grad():
+        inputs = processor(images=pixels, return_tensors="pt")
+        return net(**inputs).pooler_output.float()
