@@ -110,10 +110,20 @@ def prepare_inputs(context, out_dir: Path | None = None) -> tuple[jobs.JobInputs
     fps = scene.render.fps / (scene.render.fps_base or 1.0)
     trajectory = work / "trajectory.json"
     trajectory.write_text(json.dumps(scene_io.trajectory_to_json(items, fps), indent=1))
+    panorama = settings.image_source == "PANORAMA"
     if settings.image_source == "FILE":
         image = Path(bpy.path.abspath(settings.image_path)) if settings.image_path else None
         if image is None or not image.is_file():
             raise AddonError(f"The condition image '{settings.image_path}' does not exist; pick an image file or choose Render First Camera.")
+    elif panorama:
+        image = work / "panorama.png"
+        current = scene.frame_current
+        try:
+            if "frame" in cam0 and cam0["frame"] is not None:
+                scene.frame_set(int(cam0["frame"]))
+            scene_io.render_panorama_image(context, first, str(image), settings.panorama_height)
+        finally:
+            scene.frame_set(current)
     else:
         image = work / "condition.png"
         current = scene.frame_current
@@ -124,7 +134,11 @@ def prepare_inputs(context, out_dir: Path | None = None) -> tuple[jobs.JobInputs
         finally:
             scene.frame_set(current)
     depth = None
-    if settings.use_depth_prior:
+    if settings.use_depth_prior and panorama:
+        depth_map = scene_io.panorama_depth_from_scene(context, cam0["c2w"], 2 * settings.panorama_height, settings.panorama_height)
+        depth = work / "depth.npy"
+        np.save(depth, depth_map.astype(np.float32))
+    elif settings.use_depth_prior:
         info = dict(cam0, K=rescale_K(cam0["K"], (cam0["width"], cam0["height"]), (W, H)), width=W, height=H)
         depth_map = scene_io.depth_from_scene(context, info, W, H)
         depth = work / "depth.npy"
@@ -133,6 +147,7 @@ def prepare_inputs(context, out_dir: Path | None = None) -> tuple[jobs.JobInputs
     inputs = jobs.JobInputs(
         image=str(image), trajectory=str(trajectory), depth=None if depth is None else str(depth), size=(H, W),
         steps=settings.steps, seed=settings.seed, reconstruct=methods, out_dir=str(work / "result"),
+        camera_model="equirectangular" if panorama else "perspective",
     )  # fmt: skip
     return inputs, first
 
@@ -149,6 +164,8 @@ def check_backend(context, prefs=None) -> None:
     """Fail fast, before any rendering, when the chosen backend cannot run (no interpreter, no engine)."""
     prefs = _prefs(context, prefs)
     if prefs.backend == "COMFYUI":
+        if context.scene.worldstereo.image_source == "PANORAMA":
+            raise AddonError("Render Panorama runs with the Local Engine backend; the ComfyUI backend's workflow takes a perspective image.")
         return  # the server is checked (with a timeout) when the job starts
     python = bpy.path.abspath(prefs.python_path) if prefs.python_path else ""
     if not python:

@@ -60,6 +60,7 @@ class JobInputs:
     guidance: float = 7.5
     seed: int = 0
     reconstruct: list[str] = field(default_factory=lambda: ["point_cloud", "mesh"])
+    camera_model: str = "perspective"
 
     def check(self) -> None:
         """AddonError for a missing input file, an unknown method, or a bad size/frame count."""
@@ -84,6 +85,7 @@ class JobInputs:
                 "--device", device, "--progress", "json", "--reconstruct", *(list(self.reconstruct) or ["none"])]  # fmt: skip
         if self.depth is not None:
             args += ["--depth", a(self.depth)]
+        args += ["--camera-model", self.camera_model]
         if self.size is not None:
             args += ["--size", f"{int(self.size[0])}x{int(self.size[1])}"]
         if self.frames is not None:

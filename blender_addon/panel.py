@@ -23,6 +23,8 @@ class VIEW3D_PT_worldstereo(bpy.types.Panel):
         col.prop(settings, "image_source", text="")
         if settings.image_source == "FILE":
             col.prop(settings, "image_path", text="")
+        elif settings.image_source == "PANORAMA":
+            col.prop(settings, "panorama_height")
         layout.prop(settings, "use_depth_prior")
         col = layout.column(align=True)
         col.prop(settings, "size")

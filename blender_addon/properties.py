@@ -15,8 +15,16 @@ class WorldStereoSettings(bpy.types.PropertyGroup):
     frame_step: bpy.props.IntProperty(name="Every Nth Frame", default=1, min=1, max=1000)
     image_source: bpy.props.EnumProperty(
         name="Image",
-        items=[("RENDER", "Render First Camera", "Render the first camera (the current render engine)"), ("FILE", "Image File", "")],
+        items=[
+            ("RENDER", "Render First Camera", "Render the first camera (the current render engine)"),
+            ("FILE", "Image File", ""),
+            ("PANORAMA", "Render Panorama", "Render a 360 x 180 degree equirectangular panorama (Cycles) from the first camera's position, "
+             "looking where it looks; the trajectory explores it"),
+        ],
         default="RENDER",
+    )
+    panorama_height: bpy.props.IntProperty(
+        name="Panorama Height", default=512, min=64, max=8192, description="Height of the rendered panorama; its width is twice this"
     )
     image_path: bpy.props.StringProperty(name="Image File", subtype="FILE_PATH", default="")
     use_depth_prior: bpy.props.BoolProperty(

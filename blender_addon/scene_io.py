@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import bpy
+import mathutils
 import numpy as np
 
 from . import camera_convert
@@ -315,6 +316,77 @@ def depth_from_scene(context, cam_info: dict, width: int, height: int) -> np.nda
             "There is nothing in front of the camera to take depth from (no geometry is hit); turn off the depth prior or aim the camera at the scene."
         )
     return depth
+
+
+def equirect_directions(width: int, height: int) -> np.ndarray:
+    """Unit ray directions (H,W,3) of an equirectangular image in the camera frame, the engine's mapping
+    (OpenCV axes): pixel centre (u + 0.5, v + 0.5); longitude atan2(x, z) across the width (the centre
+    column looks along +z), latitude asin(y) down the height (+y is down: the top row looks up)."""
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    lon = ((u + 0.5) / width - 0.5) * 2 * np.pi
+    lat = ((v + 0.5) / height - 0.5) * np.pi
+    return np.stack([np.cos(lat) * np.sin(lon), np.sin(lat), np.cos(lat) * np.cos(lon)], axis=-1)
+
+
+def panorama_depth_from_scene(context, c2w, width: int, height: int) -> np.ndarray:
+    """Ray distances (H,W) float32 of an equirectangular panorama taken with OpenCV pose ``c2w`` (4,4):
+    0 where no renderable geometry is hit."""
+    from mathutils.bvhtree import BVHTree
+
+    c2w = np.asarray(c2w, dtype=np.float64)
+    verts, tris = _world_triangles(context.evaluated_depsgraph_get())
+    if len(tris) == 0:
+        raise AddonError("There is no visible geometry around the camera to take depth from; turn off the depth prior or add geometry.")
+    tree = BVHTree.FromPolygons(verts.tolist(), tris.tolist(), all_triangles=True)
+    dirs = (equirect_directions(int(width), int(height)).reshape(-1, 3) @ c2w[:3, :3].T).tolist()
+    origin = c2w[:3, 3].tolist()
+    cast = tree.ray_cast
+    dist = np.array([hit[3] if hit[3] is not None else 0.0 for hit in (cast(origin, d) for d in dirs)], dtype=np.float32)
+    return dist.reshape(int(height), int(width))
+
+
+def render_panorama_image(context, cam_obj, path: str, height: int, samples: int = 32) -> str:
+    """Render a 2:1 equirectangular panorama (Cycles, CPU) at ``cam_obj``'s position and rotation (its
+    scale removed) to a PNG at ``path``: the engine's equirectangular camera with the first camera's c2w
+    (the centre column looks where the camera looks, the top row straight up). Scene settings are restored."""
+    scene = context.scene
+    context.view_layer.update()
+    loc, rot, _ = cam_obj.matrix_world.decompose()
+    r, cycles = scene.render, getattr(scene, "cycles", None)
+    settings = ["resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x", "pixel_aspect_y", "engine", "filepath",
+                "use_border", "film_transparent"]  # fmt: skip
+    saved = {k: getattr(r, k) for k in settings}
+    saved_image = {k: getattr(r.image_settings, k) for k in ("file_format", "color_mode", "color_depth")}
+    saved_cycles = {k: getattr(cycles, k) for k in ("samples", "device", "use_denoising")} if cycles else {}
+    saved_camera = scene.camera
+    data = bpy.data.cameras.new("WorldStereo panorama camera")
+    data.type, data.panorama_type = "PANO", "EQUIRECTANGULAR"
+    tmp = bpy.data.objects.new("WorldStereo panorama camera", data)
+    scene.collection.objects.link(tmp)
+    try:
+        tmp.matrix_world = mathutils.Matrix.LocRotScale(loc, rot, None)
+        scene.camera = tmp
+        r.engine = "CYCLES"
+        if cycles:
+            cycles.samples, cycles.device, cycles.use_denoising = (int(samples), "CPU", True)
+        r.resolution_x, r.resolution_y, r.resolution_percentage = 2 * int(height), int(height), 100
+        r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+        r.use_border, r.film_transparent = False, False
+        (r.image_settings.file_format, r.image_settings.color_mode, r.image_settings.color_depth) = "PNG", "RGB", "8"
+        r.filepath = os.path.abspath(path)
+        result = bpy.ops.render.render(write_still=True, scene=scene.name)
+        if "FINISHED" not in result or not os.path.isfile(path):
+            raise AddonError(f"Rendering the panorama failed ({result}); render it yourself and pick the image file.")
+        return path
+    finally:
+        scene.camera = saved_camera
+        for k, v in saved.items():
+            setattr(r, k, v)
+        for k, v in saved_image.items():
+            setattr(r.image_settings, k, v)
+        for k, v in saved_cycles.items():
+            setattr(cycles, k, v)
+        bpy.data.batch_remove([tmp, data])
 
 
 def render_condition_image(context, cam_obj, path: str, width: int, height: int, samples: int = 32) -> str:

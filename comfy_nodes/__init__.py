@@ -5,7 +5,7 @@ Nothing here imports ComfyUI at module level; :mod:`comfy_nodes.runtime` is the 
 
 from . import runtime
 from .nodes_generate import WorldStereoGenerate
-from .nodes_memory import WorldStereoGeometricMemory, WorldStereoRenderMemory, WorldStereoUpdateMemory
+from .nodes_memory import WorldStereoGeometricMemory, WorldStereoRenderMemory, WorldStereoRenderPanorama, WorldStereoUpdateMemory
 from .nodes_model import WorldStereoLoadModel
 from .nodes_reconstruct import WorldStereoReconstruct
 from .nodes_trajectory import WorldStereoCameraTrajectory, WorldStereoSaveTrajectory
@@ -19,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "WorldStereoUpdateMemory": WorldStereoUpdateMemory,
     "WorldStereoReconstruct": WorldStereoReconstruct,
     "WorldStereoSaveTrajectory": WorldStereoSaveTrajectory,
+    "WorldStereoRenderPanorama": WorldStereoRenderPanorama,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -30,6 +31,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WorldStereoUpdateMemory": "WorldStereo Update Memory",
     "WorldStereoReconstruct": "WorldStereo Reconstruct",
     "WorldStereoSaveTrajectory": "WorldStereo Save Trajectory",
+    "WorldStereoRenderPanorama": "WorldStereo Render Panorama",
 }
 
 runtime.register_model_folder()

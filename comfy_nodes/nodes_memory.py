@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ws_engine.memory.point_index import INDEX_TYPES
 from ws_engine.model import DEFAULT_GLOBAL_MEMORY
+from ws_engine.panorama import CAMERA_MODELS, render_panorama, resolve_camera_model
 from ws_engine.world_memory import WorldMemory
 
 from . import runtime
@@ -48,6 +49,9 @@ class WorldStereoGeometricMemory:
                 "depth": ("IMAGE", {"tooltip": "The image's depth from a depth node, at the image's size."}),
                 "depth_mask": ("MASK", {"tooltip": "The same as a MASK (connect this or depth)."}),
                 "point_cloud_file": ("STRING", {"default": "", "tooltip": "A point cloud (PLY, NPY, XYZ, GLB...) in ComfyUI's input folder, in frame 0's world."}),
+                "camera_model": (list(CAMERA_MODELS), {"default": "perspective",
+                                 "tooltip": "equirectangular: the image is a 2:1 panorama taken from the first camera's position (its centre "
+                                            "looking where that camera looks); auto: 2:1 images are panoramas."}),
             },
         }
 
@@ -56,16 +60,51 @@ class WorldStereoGeometricMemory:
         """Re-run when the file's content changes."""
         return runtime.input_fingerprint(point_cloud_file, "point_cloud_file")
 
-    def build(self, image, trajectory, depth_kind, depth_scale, max_points, merge_threshold, index, depth=None, depth_mask=None, point_cloud_file=""):
+    def build(self, image, trajectory, depth_kind, depth_scale, max_points, merge_threshold, index, depth=None, depth_mask=None, point_cloud_file="",
+              camera_model="perspective"):  # fmt: skip
         rgb = one_image(image)
         d = depth_map(depth, depth_mask)
         cloud = runtime.input_file(point_cloud_file, "point_cloud_file")
+        panorama = resolve_camera_model(camera_model, *rgb.shape[-2:]) == "equirectangular"
         memory = WorldMemory.create(
             rgb, trajectory[0], d, cloud, depth_kind=depth_kind, depth_scale=depth_scale,
             global_memory_config={**DEFAULT_GLOBAL_MEMORY, "max_points": max_points, "merge_threshold": merge_threshold, "index_type": index},
-            device=runtime.intermediate_device(),
+            device=runtime.intermediate_device(), camera_model=camera_model,
         )  # fmt: skip
-        return (memory, to_image(memory.render(trajectory[0], radius=1).rgb))  # radius 1: the source view pixel for pixel
+        # radius 1: the source view pixel for pixel (a panorama's points are spaced for its own resolution: the memory's radius)
+        return (memory, to_image(memory.render(trajectory[0], radius=None if panorama else 1).rgb))
+
+
+class WorldStereoRenderPanorama:
+    DESCRIPTION = (
+        "Renders the memory as a 360 x 180 degree equirectangular panorama from the memory's first camera position plus an offset "
+        "(its centre looks where that camera looks): the explored scene seen from any point, with a mask of what it has not seen."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("panorama", "holes", "depth")
+    FUNCTION = "render"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        offset = {"default": 0.0, "min": -1000.0, "max": 1000.0, "step": 0.01, "tooltip": "Offset from the first camera (scene units, its axes: x right, y down, z forward)."}
+        return {
+            "required": {
+                "memory": ("WS_MEMORY",),
+                "width": ("INT", {"default": 2048, "min": 64, "max": 16384, "step": 2, "tooltip": "Panorama width; the height is half."}),
+                "offset_x": ("FLOAT", offset),
+                "offset_y": ("FLOAT", offset),
+                "offset_z": ("FLOAT", offset),
+            }
+        }
+
+    def render(self, memory, width, offset_x, offset_y, offset_z):
+        import torch
+
+        c2w = memory.camera.c2wb[0].float().cpu()
+        position = c2w[:3, 3] + c2w[:3, :3] @ torch.tensor([offset_x, offset_y, offset_z])
+        image, depth, mask = render_panorama(memory, position, width, rotation=c2w[:3, :3])
+        return (to_image(image[None]), to_mask(~mask[None]), normalised_disparity(depth[None]))
 
 
 class WorldStereoRenderMemory:

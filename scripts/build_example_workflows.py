@@ -26,7 +26,7 @@ EXAMPLE_IMAGE = "worldstereo_example.png"
 # sizes at least the front end's own minimum for each node (it enlarges smaller ones on load)
 NODE_SIZE = {
     "MarkdownNote": (440, 160), "LoadImage": (300, 320), "WorldStereoLoadModel": (300, 190), "WorldStereoCameraTrajectory": (320, 330),
-    "PreviewImage": (320, 260), "WorldStereoGeometricMemory": (300, 250), "WorldStereoGenerate": (320, 300), "CreateVideo": (260, 80),
+    "PreviewImage": (320, 260), "WorldStereoGeometricMemory": (300, 280), "WorldStereoGenerate": (320, 300), "CreateVideo": (260, 80),
     "SaveVideo": (300, 110), "WorldStereoReconstruct": (320, 150), "Preview3D": (400, 550), "WorldStereoRenderMemory": (260, 90),
     "WorldStereoUpdateMemory": (300, 140), "ImageBlur": (280, 90), "ImageCompositeMasked": (300, 160),
 }  # fmt: skip

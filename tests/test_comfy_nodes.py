@@ -98,7 +98,7 @@ def test_root_imports_as_a_package_without_comfyui():
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('WS', {str(ROOT / '__init__.py')!r}, submodule_search_locations=[{str(ROOT)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['WS'] = m; spec.loader.exec_module(m)\n"
-        "assert len(m.NODE_CLASS_MAPPINGS) == 8, m.NODE_CLASS_MAPPINGS\n"
+        "assert len(m.NODE_CLASS_MAPPINGS) == 9, m.NODE_CLASS_MAPPINGS\n"
         "bad = [n for n in sys.modules if n == 'comfy' or n.startswith('comfy.') or n in ('folder_paths', 'bpy')]\n"
         "assert not bad, bad\n"
         "print('ok')\n"
@@ -114,6 +114,7 @@ def test_mappings_and_display_names(pack):
     assert {
         "WorldStereoLoadModel", "WorldStereoCameraTrajectory", "WorldStereoGeometricMemory", "WorldStereoGenerate",
         "WorldStereoRenderMemory", "WorldStereoUpdateMemory", "WorldStereoReconstruct", "WorldStereoSaveTrajectory",
+        "WorldStereoRenderPanorama",
     } == set(classes)  # fmt: skip
     for key, cls in classes.items():
         assert names[key].startswith("WorldStereo ")

@@ -14,10 +14,13 @@ def _blocks() -> list[str]:
     return blocks
 
 
-def _run_block(index: int, folder: Path) -> dict:
-    """Run the README's Python block ``index`` as a script in ``folder``; returns its globals."""
+def _run_block(index: int | str, folder: Path) -> dict:
+    """Run the README's Python block ``index`` (or the one containing that text) as a script in ``folder``; returns its globals."""
+    blocks = _blocks()
+    if isinstance(index, str):
+        index = next(i for i, b in enumerate(blocks) if index in b)
     script = folder / f"readme_block_{index}.py"
-    script.write_text(_blocks()[index], encoding="utf-8")
+    script.write_text(blocks[index], encoding="utf-8")
     return runpy.run_path(str(script), run_name="__main__")
 
 
@@ -34,6 +37,13 @@ def test_readme_generation_example_runs(tmp_path, monkeypatch):
 
 def test_readme_engine_core_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace = _run_block(1, tmp_path)
+    namespace = _run_block("again = load_trajectory", tmp_path)
     assert len(namespace["again"]) == 16 and namespace["renders"].rgb.shape == (16, 3, 256, 256)
     assert (tmp_path / "memory.safetensors").is_file() and (tmp_path / "trajectory.json").is_file()
+
+
+def test_readme_panorama_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = _run_block("render_panorama(model", tmp_path)
+    assert namespace["frames"].shape == (9, 3, 128, 128)
+    assert namespace["explored"].shape == (3, 512, 1024) and bool(namespace["seen"].float().mean() > 0.95)

@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-offload", action="store_true", help="keep a neural model's weights on the CPU until each part runs")
     p.add_argument("--local-files-only", action="store_true", help="do not contact the hub (use its cache or local folders)")
     p.add_argument("--prompt", default="", help="text prompt of a neural model")
+    p.add_argument("--camera-model", choices=("auto", "perspective", "equirectangular"), default="auto",
+                   help="the image's camera: auto takes 2:1 images as 360-degree panoramas (explored with perspective cameras "
+                        "from their centre; --depth is then an equirectangular map of distances along the rays)")
+    p.add_argument("--panorama-out", default=None, metavar="NAME.png",
+                   help="also write the explored scene as an equirectangular panorama from the first camera (in --out)")
+    p.add_argument("--panorama-size", type=_size, default=None, metavar="HxW",
+                   help="size of --panorama-out (default: the input panorama's, else 1024x2048)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps of a neural backbone (default: its own, 40)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale of a neural backbone (default: its own, 5.0)")
     p.add_argument("--reconstruct", nargs="+", default=["point_cloud"], metavar="METHOD",
@@ -226,13 +233,11 @@ def _load_model(args):
 def cmd_generate(args, rep: Reporter) -> None:
     from .depth import resolve_depth
     from .errors import ConfigError
-    from .io import atomic_path, load_image, save_frame_grid, save_video
-    from .model import WorldStereo
+    from .io import load_image
+    from .panorama import resolve_camera_model
     from .pipeline import generate_video, load_condition_image, trajectory_scene_depth
     from .presets import PRESETS
-    from .reconstruction import reconstruct
-    from .trajectory_io import load_trajectory, save_trajectory
-    from safetensors.torch import save_file
+    from .trajectory_io import load_trajectory
 
     out = Path(args.out or "output/generate")
     if out.exists() and not out.is_dir():
@@ -246,6 +251,14 @@ def cmd_generate(args, rep: Reporter) -> None:
     model = _load_model(args)
     backbone = model.backbone
     scene_depth = args.scene_depth or 3.0
+    if args.panorama_out and Path(args.panorama_out).suffix.lower() != ".png":
+        from .errors import OutputPathError
+
+        raise OutputPathError(f"--panorama-out must be a .png file name (written in --out), got {args.panorama_out!r}.")
+    if args.panorama_size and args.panorama_size[1] != 2 * args.panorama_size[0]:
+        raise ConfigError(f"--panorama-size must be 2:1 (HxW with W = 2H), got {args.panorama_size[0]}x{args.panorama_size[1]}.")
+    if resolve_camera_model(args.camera_model, *image.shape[-2:]) == "equirectangular":
+        return _generate_from_panorama(args, rep, model, image, out, methods)
     is_preset = args.trajectory in PRESETS
     if not is_preset and not Path(args.trajectory).exists():
         from .errors import UnknownNameError
@@ -277,13 +290,26 @@ def cmd_generate(args, rep: Reporter) -> None:
     rep.stage("generate", len(traj))
     video, result = generate_video(model, cam_image, traj, seed=args.seed, depth=depth, point_cloud=args.point_cloud, progress_callback=rep,
                                    num_inference_steps=args.steps, guidance_scale=args.guidance, prompt=args.prompt, return_result=True)  # fmt: skip
-    files = {}
-    recs = {}
-    for method in methods:
-        rep.stage(f"reconstruct ({method})")
-        memory = model.global_memory if method == "point_cloud" else None
-        recs[method] = reconstruct(result.frames, result.depth, traj, method, memory=memory, confidences=result.confidence, progress_callback=rep)
+    recs = _reconstruct_all(methods, result, traj, model, rep)
+    _write_outputs(args, rep, model, traj, video, result, recs, out)
+
+
+def _write_outputs(args, rep, model, traj, video, result, recs, out: Path, default_panorama_height: int = 1024) -> None:
+    """Write the run's files (video, frames, trajectory, result, memory, reconstructions, panorama) and report them."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path, save_frame_grid, save_image, save_video
+    from .panorama import render_panorama
+    from .trajectory_io import save_trajectory
+
     rep.stage("write")
+    files = {}
+    if args.panorama_out:
+        name = Path(args.panorama_out).name
+        H = (args.panorama_size or (default_panorama_height, 0))[0]
+        c2w = traj.cameras.c2wb[0].cpu()
+        pano, _, _ = render_panorama(model, c2w[:3, 3], 2 * H, H, rotation=c2w[:3, :3])
+        files["panorama"] = save_image(out / name, pano)
     files["video"] = save_video(out / "video.mp4", video, fps=traj.fps)
     files["frames"] = save_frame_grid(out / "frames.png", video)
     files["trajectory"] = save_trajectory(traj, out / "trajectory.json")
@@ -295,6 +321,62 @@ def cmd_generate(args, rep: Reporter) -> None:
     if recs:
         files.update(_write_reconstructions(recs, out))
     rep.done(files, frames=len(traj))
+
+
+def _reconstruct_all(methods, result, traj, model, rep) -> dict:
+    from .reconstruction import reconstruct
+
+    recs = {}
+    for method in methods:
+        rep.stage(f"reconstruct ({method})")
+        memory = model.global_memory if method == "point_cloud" else None
+        recs[method] = reconstruct(result.frames, result.depth, traj, method, memory=memory, confidences=result.confidence, progress_callback=rep)
+    return recs
+
+
+def _generate_from_panorama(args, rep, model, pano, out: Path, methods) -> None:
+    """``generate`` for an equirectangular image: perspective cameras from its centre (frame 0 the crop)."""
+    import torch
+
+    from .cameras import CameraParameters
+    from .panorama import panorama_camera, panorama_depth
+    from .pipeline import generate_video
+    from .presets import PRESETS
+    from .trajectory_io import load_trajectory
+
+    if args.point_cloud:
+        from .errors import ConfigError
+
+        raise ConfigError("--point-cloud cannot be combined with a panorama yet; give the panorama's --depth or --depth-model instead.")
+    if args.trajectory in PRESETS:
+        side = max(16, min(512, pano.shape[-2] // 2) // 16 * 16)
+        size = args.size or backbone_size(model, side)
+        first = CameraParameters.from_fov(args.fov, size[1], size[0])
+        pano_cam = panorama_camera(first.c2wb[0], pano.shape[-1], pano.shape[-2])
+        depth = panorama_depth(pano, pano_cam, depth=args.depth, depth_kind=args.depth_kind, depth_scale=args.depth_scale,
+                               depth_model=args.depth_model, scene_depth=args.scene_depth or 3.0, device=args.device)  # fmt: skip
+        scene_depth = float(depth[depth > 0].median()) if bool((depth > 0).any()) else 1.0
+        default_frames = 21 if model.backbone.chunk_size > 1 else 16
+        traj = _preset_trajectory(args.trajectory, args.frames or default_frames, size, args.fov, scene_depth)
+    else:
+        traj = load_trajectory(args.trajectory)
+        traj = traj.rescale(args.size[1], args.size[0]) if args.size else traj
+        traj = traj.resample(args.frames) if args.frames and args.frames != len(traj) else traj
+        depth = None if args.depth is None else args.depth
+    traj = model.backbone.prepare_trajectory(traj, args.frames)
+    model.backbone.check_frames(len(traj))
+    rep.stage("generate", len(traj))
+    kind, scale = ("depth", 1.0) if isinstance(depth, torch.Tensor) else (args.depth_kind, args.depth_scale)
+    video, result = generate_video(model, pano, traj, seed=args.seed, depth=depth, depth_kind=kind, depth_scale=scale, depth_model=args.depth_model,
+                                   scene_depth=args.scene_depth, progress_callback=rep, num_inference_steps=args.steps,
+                                   guidance_scale=args.guidance, prompt=args.prompt, return_result=True, camera_model="equirectangular")  # fmt: skip
+    recs = _reconstruct_all(methods, result, traj, model, rep)
+    _write_outputs(args, rep, model, traj, video, result, recs, out, default_panorama_height=min(pano.shape[-2], 2048))
+
+
+def backbone_size(model, side: int) -> tuple[int, int]:
+    """A square perspective size for panorama crops, or the neural backbone's square bucket."""
+    return model.backbone.preferred_size(side, side)
 
 
 def _write_reconstructions(recs: dict, out: Path) -> dict:

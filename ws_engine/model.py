@@ -188,11 +188,14 @@ class WorldStereo(torch.nn.Module):
         finally:
             self.global_memory, self.spatial_memory = saved
 
-    def initialize_memory(self, image: torch.Tensor, camera: CameraParameters, depth: torch.Tensor | None = None, point_cloud=None) -> None:
+    def initialize_memory(self, image: torch.Tensor, camera: CameraParameters, depth: torch.Tensor | None = None, point_cloud=None,
+                          remember: bool = True) -> None:  # fmt: skip
         """Start both memories from the condition image (3,H,W) seen by ``camera``.
 
-        ``depth`` (H,W) (0 = unknown) is lifted into the Global memory; ``point_cloud`` (N,6)
-        xyz+rgb or a dict with ``points``/``colors`` is added to it (world coordinates).
+        ``depth`` (H,W) (0 = unknown; ray distance for an equirectangular camera) is lifted into the
+        Global memory; ``point_cloud`` (N,6) xyz+rgb or a dict with ``points``/``colors`` is added to it
+        (world coordinates). ``remember``: also register the image as a Spatial-memory view (perspective
+        cameras only; a panorama's caller registers its perspective frame 0 instead).
         """
         image = image.to(self.device)
         self.reset_memory()
@@ -211,8 +214,32 @@ class WorldStereo(torch.nn.Module):
         if not points or sum(len(p) for p in points) == 0:
             raise EmptyMemoryError("Nothing to start the memory from: give a depth map with valid pixels or a point cloud.")
         points, colors, footprints = torch.cat(points), torch.cat(colors), torch.cat(footprints)
+        # a panorama's pixels are finer than any merge radius near its poles: keep them all
+        merge = 0.0 if camera.model == "equirectangular" else None
+        self.global_memory.initialize(points, colors=colors, features=self._point_features(torch.ones(len(points), device=self.device), footprints),
+                                      merge_threshold=merge)  # fmt: skip
+        if remember and camera.model == "pinhole":
+            self.remember_frames(image[None], depth[None] if depth is not None else None, CameraTrajectory(camera.as_batch()))
+
+    def initialize_from_views(self, images: torch.Tensor, cameras: CameraParameters, depths: torch.Tensor) -> None:
+        """Start both memories from posed views (e.g. the official ``pano_bank``): images (V,3,H,W),
+        V pinhole cameras, depths (V,H,W) (0 = unknown) all lifted into the Global memory; every view
+        is registered in the Spatial memory."""
+        cams = _as_trajectory(cameras)
+        _check_frames(images, depths, cams)
+        self.reset_memory()
+        images, depths = images.to(self.device), depths.to(self.device)
+        points, colors, footprints = [], [], []
+        for v, cam in enumerate(cams):
+            valid = depths[v] > 0
+            points.append(unproject(depths[v], cam.to(self.device))[valid])
+            colors.append(images[v].permute(1, 2, 0)[valid])
+            footprints.append(_footprint(depths[v], cam.to(self.device))[valid])
+        points, colors, footprints = torch.cat(points), torch.cat(colors), torch.cat(footprints)
+        if len(points) == 0:
+            raise EmptyMemoryError("The views' depth maps have no valid pixels; give depths > 0.")
         self.global_memory.initialize(points, colors=colors, features=self._point_features(torch.ones(len(points), device=self.device), footprints))
-        self.remember_frames(image[None], depth[None] if depth is not None else None, CameraTrajectory(camera.as_batch()))
+        self.remember_frames(images, depths, cams)
 
     def _point_features(self, confidence: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor | None:
         """Per-point features (N,2) = (confidence, footprint) when the Global memory has feature_dim 2

@@ -166,11 +166,15 @@ def _format(video: torch.Tensor, output_format: str, save_path: Path | None, fps
 # ----------------------------------------------------------------------------------------------
 # the seed API
 # ----------------------------------------------------------------------------------------------
-def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps, scene_depth, reset_memory=True):
-    """Checked inputs: model, trajectory, image (3,H,W), depth (H,W) | None, point cloud, generator.
+def _prepare(model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps, scene_depth, reset_memory=True, camera_model="auto", panorama_pose=None):
+    """Checked inputs: model, trajectory, image (3,H,W), depth (H,W) | None, point cloud, generator, and
+    whether the memories are already started (a panorama).
 
-    Without ``reset_memory`` the memories go on from what they hold: no depth is resolved."""
+    Without ``reset_memory`` the memories go on from what they hold: no depth is resolved. A
+    panorama (see :mod:`ws_engine.panorama`) starts the memories itself and returns frame 0's view."""
     from .depth import resolve_depth
+    from .io import load_image
+    from .panorama import resolve_camera_model
 
     model = _as_model(model)
     traj, file_depth = _as_trajectory(camera_trajectory, fps)
@@ -179,10 +183,15 @@ def _prepare(model, condition_image, camera_trajectory, num_frames, height, widt
     traj = _check_size(traj, num_frames, height, width, model.backbone.size_multiple)
     model.backbone.check_frames(len(traj))
     generator = _generator(seed, "cpu")
-    image = load_condition_image(condition_image, traj.height, traj.width).to(model.device)
+    raw = load_image(condition_image)
+    if resolve_camera_model(camera_model, *raw.shape[-2:]) == "equirectangular":
+        image, depth_map = _start_from_panorama(model, raw, traj[0], depth, depth_kind, depth_scale, depth_model, scene_depth, point_cloud,
+                                                reset_memory, panorama_pose)  # fmt: skip
+        return model, traj, image, depth_map, None, generator, True
+    image = load_condition_image(raw, traj.height, traj.width).to(model.device)
     cloud = _point_cloud(point_cloud)
     if not reset_memory:
-        return model, traj, image, None, None, generator
+        return model, traj, image, None, None, generator, False
     if depth is None and depth_model is None and cloud is not None:
         depth_map = None  # the point cloud alone starts the memory
     else:
@@ -190,7 +199,46 @@ def _prepare(model, condition_image, camera_trajectory, num_frames, height, widt
             image, traj[0], depth=depth, depth_kind=depth_kind, depth_scale=depth_scale, depth_model=depth_model, device=model.device,
             scene_depth=scene_depth,
         )
-    return model, traj, image, depth_map, cloud, generator
+    return model, traj, image, depth_map, cloud, generator, False
+
+
+def _start_from_panorama(model, pano, first, depth, depth_kind, depth_scale, depth_model, scene_depth, point_cloud, reset_memory, panorama_pose):
+    """Start the memories from the whole panorama (with ``reset_memory``) and return frame 0's view
+    (3,H,W) and z-depth (H,W): the crop in the first camera's direction when it sits at the panorama's
+    centre, else the memory's render from it (with a warning)."""
+    from .panorama import crop_perspective, fit_to_memory, panorama_camera, panorama_depth, panorama_views
+
+    pose = first.c2wb[0].detach().cpu().float() if panorama_pose is None else torch.as_tensor(panorama_pose, dtype=torch.float32).reshape(4, 4)
+    pano = pano.to(model.device)
+    pano_cam = panorama_camera(pose, pano.shape[-1], pano.shape[-2]).to(model.device)
+    centred = float((first.c2wb[0, :3, 3].cpu().float() - pose[:3, 3]).norm()) <= 1e-4 * max(1.0, float(scene_depth))
+    if not centred:
+        warnings.warn(
+            "The trajectory's first camera is not at the panorama's centre, so frame 0 is a render of the memory (with holes where the "
+            "panorama saw nothing), not a crop of the panorama. Start the trajectory at the panorama's centre for an exact frame 0.",
+            stacklevel=4,
+        )
+    if reset_memory:
+        pano_d = panorama_depth(pano, pano_cam, depth=depth, depth_kind=depth_kind, depth_scale=depth_scale, depth_model=depth_model,
+                                scene_depth=scene_depth, device=model.device)  # fmt: skip
+        mem_pano, mem_depth = fit_to_memory(pano, pano_d.to(model.device), model.global_memory.max_points // 2)
+        mem_cam = panorama_camera(pose, mem_pano.shape[-1], mem_pano.shape[-2]).to(model.device)
+        model.initialize_memory(mem_pano, mem_cam, mem_depth, _point_cloud(point_cloud), remember=False)
+    if centred and reset_memory:
+        image, z = crop_perspective(pano, pano_cam, first, pano_d.to(model.device))
+    elif centred:
+        image, _ = crop_perspective(pano, pano_cam, first)
+        z = model.global_memory.render(first).depth[0]
+    else:
+        out = model.global_memory.render(first)
+        image, z = out.rgb[0, :3].clamp(0, 1), out.depth[0]
+    image, z = image.to(model.device), z.to(model.device)
+    if reset_memory:  # perspective views around the panorama's centre, as the official pano bank: exact detail to transfer
+        views = panorama_views(pano_cam, first.rescale(2 * first.width, 2 * first.height))  # 2x: detail for forward motion
+        crops = [crop_perspective(pano, pano_cam, v, pano_d.to(model.device)) for v in views]
+        model.remember_frames(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]), CameraTrajectory(CameraParameters.stack(views)))
+    model.remember_frames(image[None], z[None], CameraTrajectory(first.as_batch()))
+    return image, z
 
 
 def generate_video(
@@ -219,6 +267,8 @@ def generate_video(
     scene_depth: float | None = None,
     reset_memory: bool = True,
     return_result: bool = False,
+    camera_model: str = "auto",
+    panorama_pose=None,
 ):
     """Generate a video along ``camera_trajectory`` from one condition image (the view of its frame 0).
 
@@ -248,17 +298,23 @@ def generate_video(
         scene_depth: median depth given to depth known only up to scale (relative depth models, the
             fallback prior); None: the pivot distance of an official camera.json, else 3.0.
         reset_memory: False continues the model's memories (a further trajectory of the scene).
+        camera_model: ``auto`` (a 2:1 image is an equirectangular panorama), ``perspective`` or
+            ``equirectangular``. A panorama (its ``depth`` an equirectangular ray-distance map, or
+            ``depth_model`` on six crops, or a sphere-and-floor prior) starts the Global memory from the
+            whole sphere; the trajectory is of perspective cameras from the panorama's centre and frame 0
+            is the crop in the first camera's direction (see :mod:`ws_engine.panorama`).
+        panorama_pose: c2w (4,4) of the panorama's camera (default: the first trajectory camera's).
         return_result: also return the :class:`GenerationResult` (depths, confidences, holes).
     """
     save = _check_output(output_format, save_path)
-    model, traj, image, depth_map, cloud, generator = _prepare(
+    model, traj, image, depth_map, cloud, generator, started = _prepare(
         model, condition_image, camera_trajectory, num_frames, height, width, point_cloud, seed, depth, depth_kind, depth_scale, depth_model, fps,
-        scene_depth, reset_memory,
+        scene_depth, reset_memory, camera_model, panorama_pose,
     )
     result = model.generate(
         image, traj, depth=depth_map, point_cloud=cloud, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         use_geometric_memory=use_geometric_memory, use_spatial_memory=use_spatial_memory, generator=generator,
-        progress_callback=progress_callback, prompt=prompt, reset_memory=reset_memory,
+        progress_callback=progress_callback, prompt=prompt, reset_memory=reset_memory and not started,
     )  # fmt: skip
     video = _format(result.frames, output_format, save, traj.fps)
     return (video, result) if return_result else video

@@ -56,6 +56,7 @@ class WorldMemory:
         global_memory_config: dict | None = None,
         spatial_memory_config: dict | None = None,
         device="cpu",
+        camera_model: str = "auto",
     ) -> "WorldMemory":
         """Memories started from the condition image seen by ``camera`` (frame 0), as a generation starts them.
 
@@ -66,15 +67,27 @@ class WorldMemory:
                 point cloud) the fallback prior, both with median ``scene_depth``.
             point_cloud: (N,6) xyz+rgb, a dict with points/colors, or a point-cloud file (world =
                 frame 0's world), added to the Global memory.
+            camera_model: ``auto`` (a 2:1 image is a panorama), ``perspective`` or ``equirectangular``.
+                A panorama taken from ``camera``'s pose starts the memory from the whole sphere; its
+                ``depth`` is an equirectangular ray-distance map (see :mod:`ws_engine.panorama`).
         """
         from .depth import depth_from_input, resolve_depth
         from .io import load_image
         from .pipeline import _point_cloud, load_condition_image
 
+        from .panorama import resolve_camera_model
+
         cam = _trajectory(camera)[0]
         if cam.model != "pinhole":
             raise ConfigError("The memory's camera must be a perspective (pinhole) camera.")
         raw = load_image(image)
+        if resolve_camera_model(camera_model, *raw.shape[-2:]) == "equirectangular":
+            from .pipeline import _start_from_panorama
+
+            holder = _holder(global_memory_config, spatial_memory_config, device)
+            _start_from_panorama(holder, raw, cam.to(holder.device), depth, depth_kind, depth_scale, depth_model, scene_depth, point_cloud,
+                                 True, None)  # fmt: skip
+            return cls(holder.global_memory, holder.spatial_memory, cam.to(holder.device))
         if depth is not None:  # checked at the image's size, then resized with it
             depth = depth_from_input(depth, kind=depth_kind, scale=depth_scale)
             if tuple(depth.shape) != tuple(raw.shape[-2:]):
@@ -97,6 +110,33 @@ class WorldMemory:
             )
         holder.initialize_memory(rgb, cam.to(holder.device), depth_map, cloud)
         return cls(holder.global_memory, holder.spatial_memory, cam.to(holder.device))
+
+    @classmethod
+    def from_views(cls, images, cameras: CameraParameters, depths=None, *, depth_model=None, scene_depth: float = 3.0,
+                   global_memory_config: dict | None = None, spatial_memory_config: dict | None = None, device="cpu") -> "WorldMemory":  # fmt: skip
+        """Memories started from posed views (V,3,H,W) with V pinhole ``cameras``: their ``depths``
+        (V,H,W) if given, else ``depth_model`` per view, else the fallback prior per view (with a warning).
+        The memory's camera is the first view's."""
+        from .depth import resolve_depth
+
+        holder = _holder(global_memory_config, spatial_memory_config, device)
+        images = torch.as_tensor(images, dtype=torch.float32).to(holder.device)
+        cams = _trajectory(cameras).cameras.to(holder.device)
+        if images.dim() != 4 or images.shape[0] != len(cams) or images.shape[1] != 3:
+            raise ShapeMismatchError(f"images must be (V,3,H,W) with one image per camera ({len(cams)}), got {tuple(images.shape)}.")
+        if depths is None:
+            depths = torch.stack([resolve_depth(images[v], cams[v], depth_model=depth_model, device=holder.device, scene_depth=scene_depth)
+                                  for v in range(len(cams))])  # fmt: skip
+        holder.initialize_from_views(images, cams, torch.as_tensor(depths, dtype=torch.float32).to(holder.device))
+        return cls(holder.global_memory, holder.spatial_memory, cams[0])
+
+    @classmethod
+    def from_pano_bank(cls, folder, depths=None, **kwargs) -> "WorldMemory":
+        """:meth:`from_views` on the official multi-view ``pano_bank`` folder (see :func:`ws_engine.panorama.load_pano_bank`)."""
+        from .panorama import load_pano_bank
+
+        images, cameras, _ = load_pano_bank(folder)
+        return cls.from_views(images, cameras, depths, **kwargs)
 
     def clone(self, device=None) -> "WorldMemory":
         """A deep copy (optionally on another device); the original stays as it is."""
