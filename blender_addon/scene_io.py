@@ -352,41 +352,18 @@ def render_panorama_image(context, cam_obj, path: str, height: int, samples: int
     scene = context.scene
     context.view_layer.update()
     loc, rot, _ = cam_obj.matrix_world.decompose()
-    r, cycles = scene.render, getattr(scene, "cycles", None)
-    settings = ["resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x", "pixel_aspect_y", "engine", "filepath",
-                "use_border", "film_transparent"]  # fmt: skip
-    saved = {k: getattr(r, k) for k in settings}
-    saved_image = {k: getattr(r.image_settings, k) for k in ("file_format", "color_mode", "color_depth")}
-    saved_cycles = {k: getattr(cycles, k) for k in ("samples", "device", "use_denoising")} if cycles else {}
-    saved_camera = scene.camera
     data = bpy.data.cameras.new("WorldStereo panorama camera")
     data.type, data.panorama_type = "PANO", "EQUIRECTANGULAR"
     tmp = bpy.data.objects.new("WorldStereo panorama camera", data)
     scene.collection.objects.link(tmp)
-    try:
+
+    def setup():
         tmp.matrix_world = mathutils.Matrix.LocRotScale(loc, rot, None)
-        scene.camera = tmp
-        r.engine = "CYCLES"
-        if cycles:
-            cycles.samples, cycles.device, cycles.use_denoising = (int(samples), "CPU", True)
+        r = scene.render
         r.resolution_x, r.resolution_y, r.resolution_percentage = 2 * int(height), int(height), 100
         r.pixel_aspect_x = r.pixel_aspect_y = 1.0
-        r.use_border, r.film_transparent = False, False
-        (r.image_settings.file_format, r.image_settings.color_mode, r.image_settings.color_depth) = "PNG", "RGB", "8"
-        r.filepath = os.path.abspath(path)
-        result = bpy.ops.render.render(write_still=True, scene=scene.name)
-        if "FINISHED" not in result or not os.path.isfile(path):
-            raise AddonError(f"Rendering the panorama failed ({result}); render it yourself and pick the image file.")
-        return path
-    finally:
-        scene.camera = saved_camera
-        for k, v in saved.items():
-            setattr(r, k, v)
-        for k, v in saved_image.items():
-            setattr(r.image_settings, k, v)
-        for k, v in saved_cycles.items():
-            setattr(cycles, k, v)
-        bpy.data.batch_remove([tmp, data])
+
+    return _render_still(scene, tmp, setup, path, samples, "the panorama")
 
 
 def render_condition_image(context, cam_obj, path: str, width: int, height: int, samples: int = 32) -> str:
@@ -405,6 +382,16 @@ def render_condition_image(context, cam_obj, path: str, width: int, height: int,
     K = info["K"].copy()
     K[0, 0], K[0, 2] = K[0, 0] * sx, (K[0, 2] + 0.5) * sx - 0.5
     K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
+    tmp = bpy.data.objects.new("WorldStereo render camera", cam_obj.data.copy())
+    scene.collection.objects.link(tmp)
+    return _render_still(scene, tmp, lambda: camera_convert.apply_opencv_to_camera(tmp, scene, K, info["c2w"], width, height), path, samples,
+                         "the condition image")  # fmt: skip
+
+
+def _render_still(scene, tmp, setup, path: str, samples: int, what: str) -> str:
+    """Render ``scene`` through the temporary camera object ``tmp`` (after ``setup()`` places it and sets
+    the resolution) with Cycles on the CPU to an 8-bit PNG at ``path``. Render settings and the scene
+    camera are restored, and ``tmp`` and its camera data are removed, whatever happens."""
     r, cycles = scene.render, getattr(scene, "cycles", None)
     settings = ["resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x", "pixel_aspect_y", "engine",
                 "filepath", "use_border", "film_transparent"]  # fmt: skip
@@ -412,11 +399,8 @@ def render_condition_image(context, cam_obj, path: str, width: int, height: int,
     saved_image = {k: getattr(r.image_settings, k) for k in ("file_format", "color_mode", "color_depth")}
     saved_cycles = {k: getattr(cycles, k) for k in ("samples", "device", "use_denoising")} if cycles else {}
     saved_camera = scene.camera
-    tmp_cam = cam_obj.data.copy()
-    tmp = bpy.data.objects.new("WorldStereo render camera", tmp_cam)
-    scene.collection.objects.link(tmp)
     try:
-        camera_convert.apply_opencv_to_camera(tmp, scene, K, info["c2w"], width, height)
+        setup()
         scene.camera = tmp
         r.engine = "CYCLES"
         if cycles:
@@ -426,9 +410,7 @@ def render_condition_image(context, cam_obj, path: str, width: int, height: int,
         r.filepath = os.path.abspath(path)
         result = bpy.ops.render.render(write_still=True, scene=scene.name)
         if "FINISHED" not in result or not os.path.isfile(path):
-            raise AddonError(
-                f"Rendering the condition image failed ({result}); render the camera yourself and pick the image file."
-            )
+            raise AddonError(f"Rendering {what} failed ({result}); render it yourself and pick the image file.")
         return path
     finally:
         scene.camera = saved_camera
@@ -438,4 +420,4 @@ def render_condition_image(context, cam_obj, path: str, width: int, height: int,
             setattr(r.image_settings, k, v)
         for k, v in saved_cycles.items():
             setattr(cycles, k, v)
-        bpy.data.batch_remove([tmp, tmp_cam])
+        bpy.data.batch_remove([tmp, tmp.data])
