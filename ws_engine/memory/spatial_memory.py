@@ -529,6 +529,40 @@ class SpatialStereoMemory:
             raise ConfigError(f"Need 0 < near < far, got near={near}, far={far}.")
         return frustum_overlap_scores(target, *self._view_tensors(), near=float(near), far=float(far))
 
+    def reference_frames(self, target_cameras, max_references: int = 8, *, features_model: str | None = None):
+        """Reference frames for keyframes 1..F-1 of ``target_cameras`` (F pinhole cameras; keyframe 0 is
+        the anchor), as the official memory bank retrieves them, or None when no stored view has an image.
+
+        Each keyframe takes the stored view (with an image) of best frustum overlap x view-angle score;
+        more than ``max_references`` distinct views are reduced by quality-aware furthest point sampling
+        (camera poses, plus DINOv2 features of ``features_model`` when given) and the keyframes choose
+        again among those. Returns images (R,3,H,W) at the targets' size, their c2w (R,4,4) float64 and
+        ref_index (R,) long: the first keyframe position (i - 1) that chose each reference.
+        """
+        from .view_selection import dinov2_features, select_diverse_views
+
+        targets = _as_cameras(target_cameras, "target_cameras")
+        usable = [v for v in self.views if v.get("image") is not None and v["camera"].model == "pinhole"]
+        if not usable or len(targets) < 2:
+            return None
+        size = (targets.height, targets.width)
+        images = torch.stack([
+            v["image"] if tuple(v["image"].shape[-2:]) == size
+            else torch.nn.functional.interpolate(v["image"][None], size=size, mode="bicubic", align_corners=False)[0]
+            for v in usable
+        ]).clamp(0, 1)  # fmt: skip
+        c2w = torch.cat([v["camera"].c2wb.double().cpu() for v in usable])
+        cams = [v["camera"] for v in usable]
+        best = frustum_overlap_scores(targets[1:], *view_tensors(cams)).argmax(1)
+        distinct = list(dict.fromkeys(best.tolist()))
+        if len(distinct) > max_references:
+            feats = dinov2_features(images[distinct], features_model) if features_model else None
+            keep = [distinct[i] for i in select_diverse_views(c2w[distinct], images[distinct], max_references, feats).tolist()]
+            best = torch.as_tensor(keep)[frustum_overlap_scores(targets[1:], *view_tensors([cams[k] for k in keep])).argmax(1)]
+            distinct = list(dict.fromkeys(best.tolist()))
+        ref_index = torch.as_tensor([int((best == d).nonzero()[0]) for d in distinct])
+        return images[distinct], c2w[distinct], ref_index
+
     def select_reference_frames(self, target_cameras, k: int = 8, *, near: float = 0.1, far: float = 10.0) -> torch.Tensor:
         """Up to ``k`` distinct stored views (indices into :attr:`views`) for the target cameras.
 

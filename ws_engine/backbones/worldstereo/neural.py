@@ -166,45 +166,15 @@ class WorldStereoBackbone(Backbone):
             return self._fill(inputs, T, H, W)
 
     def _references(self, inputs: ChunkInputs, cams, anchor: torch.Tensor):
-        """Reference frames [R,3,H,W], their w2c [R,4,4] and ref_index [R] (memory variants).
-
-        As the official memory bank: each new keyframe i = 1..20 takes the stored view with the best
-        frustum overlap x view-angle score; more than ``max_references`` distinct views are reduced by
-        quality-aware furthest point sampling (camera pose, and DINOv2 features when
-        ``reference_features`` names a model), then the keyframes choose again among those. ref_index[j]
-        is the first keyframe position (i - 1) that chose reference j. No stored view with an image yet:
-        the anchor frame is the only reference (the official single-view run).
-        """
-        from ...memory.view_selection import (
-            dinov2_features,
-            frustum_overlap_scores,
-            select_diverse_views,
-            view_tensors,
-        )
-
-        mem = inputs.spatial_memory
-        max_refs = int(self.config.get("max_references", MAX_REFERENCES))
-        usable = [v for v in mem.views if v.get("image") is not None and v["camera"].model == "pinhole"]
-        if not usable:
+        """Reference frames [R,3,H,W], their w2c [R,4,4] and ref_index [R] (memory variants): the Spatial
+        memory's retrieval for the keyframes (:meth:`SpatialStereoMemory.reference_frames`), or the anchor
+        frame alone while no stored view has an image (the official single-view run)."""
+        found = inputs.spatial_memory.reference_frames(cams, int(self.config.get("max_references", MAX_REFERENCES)),
+                                                       features_model=self.config.get("reference_features"))  # fmt: skip
+        if found is None:
             return anchor[None], torch.linalg.inv(cams.c2wb[:1].double()), torch.zeros(1, dtype=torch.long)
-        size = (cams.height, cams.width)
-        images = torch.stack([
-            v["image"] if tuple(v["image"].shape[-2:]) == size
-            else torch.nn.functional.interpolate(v["image"][None], size=size, mode="bicubic", align_corners=False)[0]
-            for v in usable
-        ]).clamp(0, 1)  # fmt: skip
-        c2w = torch.cat([v["camera"].c2wb.double().cpu() for v in usable])
-        views = [v["camera"] for v in usable]
-        best = frustum_overlap_scores(cams[1:], *view_tensors(views)).argmax(1)  # (20,) view per keyframe
-        distinct = list(dict.fromkeys(best.tolist()))
-        if len(distinct) > max_refs:
-            model = self.config.get("reference_features")
-            feats = dinov2_features(images[distinct], model) if model else None
-            keep = [distinct[i] for i in select_diverse_views(c2w[distinct], images[distinct], max_refs, feats).tolist()]
-            best = torch.as_tensor(keep)[frustum_overlap_scores(cams[1:], *view_tensors([views[k] for k in keep])).argmax(1)]
-            distinct = list(dict.fromkeys(best.tolist()))
-        ref_index = torch.as_tensor([int((best == d).nonzero()[0]) for d in distinct])
-        return images[distinct], torch.linalg.inv(c2w[distinct]), ref_index
+        images, c2w, ref_index = found
+        return images, torch.linalg.inv(c2w), ref_index
 
     def _fill(self, inputs: ChunkInputs, T: int, H: int, W: int) -> ChunkOutputs:
         c = self.components
