@@ -20,7 +20,8 @@ def _emissive_cube(name, location, color, size=0.5):
     obj = bpy.context.active_object
     obj.name = name
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    if mat.node_tree is None:  # Blender < 5: materials start without nodes (5.0 deprecates use_nodes)
+        mat.use_nodes = True
     nodes = mat.node_tree.nodes
     nodes.clear()
     emit, out = nodes.new("ShaderNodeEmission"), nodes.new("ShaderNodeOutputMaterial")
@@ -28,6 +29,24 @@ def _emissive_cube(name, location, color, size=0.5):
     mat.node_tree.links.new(emit.outputs[0], out.inputs[0])
     obj.data.materials.append(mat)
     return obj
+
+
+def test_equirect_directions_are_the_engines_camera_rays(run_engine_json):
+    """The ray cast's directions are the engine's equirectangular rays (camera frame, OpenCV axes), pixel for pixel."""
+    W, H = 24, 12
+    ours = scene_io.equirect_directions(W, H)
+    rays = run_engine_json(
+        "import json, sys, torch\n"
+        "from ws_engine.cameras import CameraParameters\n"
+        "from ws_engine.geometry import camera_rays\n"
+        "W, H = int(sys.argv[1]), int(sys.argv[2])\n"
+        "cam = CameraParameters.equirectangular(W, H)\n"
+        "print(json.dumps(camera_rays(cam, dtype=torch.float64)[0].tolist()))",
+        W, H,
+    )
+    assert np.abs(ours - np.asarray(rays)).max() < 1e-9
+    assert ours[H // 2, W // 2, 2] > 0.95 and ours[H // 2, W // 2 + 6, 0] > 0.9  # centre looks along +z, a quarter turn right +x
+    assert ours[0, 0, 1] < -0.9 and ours[-1, 0, 1] > 0.9  # top row looks up (-y), bottom row down
 
 
 def test_panorama_render_and_depth_follow_the_engine_mapping(clean_scene, tmp_path, run_engine_json):
@@ -63,14 +82,14 @@ def test_panorama_render_and_depth_follow_the_engine_mapping(clean_scene, tmp_pa
         __import__("json").dumps(c2w.tolist()), __import__("json").dumps([centres[n].tolist() for n in targets]),
     )
     for i, (name, color) in enumerate(targets.items()):
-        u, v = (int(round(x)) for x in uv["uv"][i])
+        u, v = (round(x) for x in uv["uv"][i])
         c = int(np.argmax(color))
         assert px[v, u, c] > 0.5 and np.delete(px[v, u], c).max() < 0.3, (name, u, v, px[v, u])
         assert abs(float(depth[v, u]) - (uv["dist"][i] - 0.25)) < 0.1, (name, depth[v, u], uv["dist"][i])  # the near face, 0.25 closer
 
 
 def test_generate_job_from_a_rendered_panorama(engine_python, tmp_path):
-    scene, cam = _scene(frames=3)
+    scene, _cam = _scene(frames=3)
     s = scene.worldstereo
     s.image_source, s.panorama_height, s.mesh, s.video = "PANORAMA", 256, False, "NONE"
     ctx = bpy.context
