@@ -3,7 +3,6 @@ equirectangular render of the memory, and a 16-frame look-around. Run: python be
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
@@ -13,16 +12,9 @@ from ws_engine.panorama import crop_perspective, panorama_camera, render_panoram
 from ws_engine.pipeline import _start_from_panorama
 from ws_engine.scenes import ProceduralRoom
 
+from _timing import timed
+
 warnings.filterwarnings("ignore")
-
-
-def timed(fn, repeat: int = 2):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main() -> None:
@@ -34,15 +26,15 @@ def main() -> None:
     print(f"exact 2048x1024 panorama of the room: {t:.2f} s")
     first = CameraTrajectory.turn_left(angle=90.0, num_frames=16, width=512, height=512, fov=60.0, start=start)
     cam = panorama_camera(start, 2048, 1024)
-    t, _ = timed(lambda: crop_perspective(pano, cam, first[0], dist))
+    t, _ = timed(lambda: crop_perspective(pano, cam, first[0], dist), 2)
     print(f"frame 0 cut from the panorama at 512x512: {t * 1000:.0f} ms")
     model = WorldStereo(device="cpu")
-    t, _ = timed(lambda: _start_from_panorama(model, pano, first[0], dist, "depth", 1.0, None, 3.0, None, True, None))
+    t, _ = timed(lambda: _start_from_panorama(model, pano, first[0], dist, "depth", 1.0, None, 3.0, None, True, None), 2)
     print(f"memories started from 2048x1024 ({len(model.global_memory):,} points, {len(model.spatial_memory.views)} views): {t:.2f} s")
-    t, _ = timed(lambda: render_panorama(model, room.eye, 2048))
+    t, _ = timed(lambda: render_panorama(model, room.eye, 2048), 2)
     print(f"equirectangular render of the memory at 2048x1024 from the panorama's centre: {t:.2f} s")
     off = room.eye + torch.tensor([0.1, 0.0, 0.2])
-    t, _ = timed(lambda: render_panorama(model, off, 2048))
+    t, _ = timed(lambda: render_panorama(model, off, 2048), 2)
     print(f"equirectangular render of the memory at 2048x1024 from 0.22 m off the centre: {t:.2f} s")
     small = CameraTrajectory.turn_left(angle=90.0, num_frames=16, width=256, height=256, fov=60.0, start=start)
     t, _ = timed(lambda: generate_video(WorldStereo(device="cpu"), pano, small, depth=dist, seed=0), 1)

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from _timing import timed
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.filterwarnings("ignore")
-
-
-def timed(fn, repeat: int = 1):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main() -> None:
